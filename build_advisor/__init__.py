@@ -1,0 +1,1 @@
+"""Build Hive advisor: answers IDENTIFY with ADVICE from a pluggable suggest_role() policy."""

@@ -1,0 +1,143 @@
+"""hive.toml (one file for both daemons) and the shared secret."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .protocol import DEFAULT_PORT
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "/etc/build/hive.toml"
+MIN_SECRET_LEN = 16
+# systemd's LoadCredential= puts the secret here for a daemon that may not read /etc/build.
+CREDENTIAL_NAME = "shared_secret"
+
+
+class ConfigError(Exception):
+    """A user error in configuration: the message is one line saying what to do."""
+
+
+@dataclass(frozen=True)
+class Config:
+    port: int = DEFAULT_PORT
+    interface: str = ""  # empty: the interface of the default route
+    secret_file: str = "/etc/build/shared_secret"
+    state_dir: str = "/var/lib/build"
+    heartbeat_interval: float = 10.0
+    install_packages: bool = True
+    policy: str = ""  # empty: the built-in default policy
+    log_level: str = "info"
+
+    @property
+    def identity_path(self) -> Path:
+        return Path(self.state_dir) / "identity.json"
+
+    @property
+    def peers_path(self) -> Path:
+        return Path(self.state_dir) / "peers.json"
+
+    @property
+    def node_id_path(self) -> Path:
+        return Path(self.state_dir) / "node_id"
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check(name: str, value: object) -> object:
+    """Validate one key; return the value in its final type or raise ConfigError."""
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"config key '{name}' must be {expected}, got {value!r}")
+
+    if name == "port":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise bad("an integer from 1 to 65535")
+    elif name == "heartbeat_interval":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.2 <= value <= 3600:
+            raise bad("a number of seconds from 0.2 to 3600")
+        value = float(value)
+    elif name == "install_packages":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif name == "log_level":
+        if value not in LOG_LEVELS:
+            raise bad("one of " + ", ".join(LOG_LEVELS))
+    elif name == "interface":
+        if not isinstance(value, str) or len(value) > 15 or "/" in value or value.strip() != value:
+            raise bad("a network interface name (at most 15 characters)")
+    elif not isinstance(value, str):
+        raise bad("a string")
+    elif name in ("secret_file", "state_dir") and not value.startswith("/"):
+        raise bad("an absolute path")
+    return value
+
+
+def load_config(path: str | None) -> Config:
+    """Read hive.toml; a missing default file means all defaults, a missing explicit file is an error."""
+    if path is None:
+        path = DEFAULT_CONFIG
+        if not os.path.exists(path):
+            return Config()
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; create it or leave out --config") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read config file {path}: permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {path}: {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
+    values = {name: _check(name, value) for name, value in raw.items()}
+    return Config(**values)
+
+
+def secret_path(config: Config) -> str:
+    """The credential systemd passed us, if any, else the configured secret file."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        candidate = os.path.join(cred_dir, CREDENTIAL_NAME)
+        if os.path.exists(candidate):
+            return candidate
+    return config.secret_file
+
+
+def load_secrets(path: str) -> list[bytes]:
+    """All secrets in the file, one per line: the first signs, all verify.
+
+    Refuses (ConfigError) a missing or unreadable file, one readable by others, and any secret
+    shorter than MIN_SECRET_LEN characters: the hive never runs unsigned.
+    """
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            text = handle.read(65536)
+    except FileNotFoundError:
+        raise ConfigError(f"no shared secret at {path}: copy the hive's secret there "
+                          f"(mode 0600) or run install.sh to generate one") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read the shared secret {path}: permission denied "
+                          f"(run as root, or fix its owner)") from None
+    if info.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise ConfigError(f"shared secret {path} is readable by others: run 'chmod 0600 {path}'")
+    try:
+        lines = text.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"shared secret {path} is not UTF-8 text") from None
+    secrets = [line.strip().encode() for line in lines if line.strip() and not line.startswith("#")]
+    if not secrets:
+        raise ConfigError(f"shared secret {path} is empty: put the hive's secret in it")
+    if any(len(s) < MIN_SECRET_LEN for s in secrets):
+        raise ConfigError(f"a secret in {path} is shorter than {MIN_SECRET_LEN} characters: "
+                          f"use 'openssl rand -hex 32'")
+    return secrets

@@ -1,0 +1,218 @@
+"""What both daemons share: logging setup, systemd notification, signals and the event loop.
+
+The loop is single-threaded: it waits in select() until a datagram arrives, a signal wakes it,
+or the service's next deadline is due.  There is no polling: an idle daemon sleeps until its next
+heartbeat (or systemd watchdog ping).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Callable, Sequence
+
+from . import protocol
+from .protocol import Message, ProtocolError, ReplayGuard, RejectCounter
+
+LOG = logging.getLogger(__name__)
+
+MAX_SLEEP = 3600.0  # seconds; the loop never sleeps longer, even with nothing scheduled
+
+# journald reads a "<N>" prefix as the line's syslog priority (so `journalctl -p err` works).
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+             logging.CRITICAL: 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def setup_logging(level: str = "info") -> None:
+    """Log to stderr: bare messages with a priority prefix under journald, timestamps otherwise."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def notify(*lines: str) -> bool:
+    """sd_notify(3) with the standard library: send 'READY=1' etc. to $NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall("\n".join(lines).encode())
+        return True
+    except OSError as exc:
+        LOG.debug("sd_notify failed: %s", exc)
+        return False
+
+
+def watchdog_period() -> float | None:
+    """Half of systemd's WatchdogSec for this process, or None when there is no watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 1e6 / 2
+    except ValueError:
+        return None
+
+
+class Service:
+    """A daemon's logic: the loop feeds it verified messages and wakes it at its deadlines.
+
+    Subclasses implement ``handle(message, source_ip, now)`` and ``tick(now) -> next deadline``;
+    ``secrets`` holds the verifying secrets (the first signs).
+    """
+
+    max_batch = 64  # datagrams read per wake-up before timers get a turn
+
+    def __init__(self, secrets: Sequence[bytes], node_id: str | None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.secrets = list(secrets)
+        self.node_id = node_id
+        self.clock = clock
+        self.replays = ReplayGuard()
+        self.rejects = RejectCounter()
+        self.received = 0
+        self.stopping = False
+        self.reload_requested = False
+
+    # --- to implement ---------------------------------------------------------------------
+    def handle(self, message: Message, source_ip: str, now: float) -> None:
+        raise NotImplementedError
+
+    def tick(self, now: float) -> float:
+        raise NotImplementedError
+
+    def reload(self) -> None:
+        """SIGHUP: subclasses re-read what they can (the secret at least)."""
+
+    def shutdown(self) -> None:
+        """Called once when the loop ends."""
+
+    # --- shared -----------------------------------------------------------------------------
+    def receive(self, data: bytes, source: tuple[str, int], now: float) -> Message | None:
+        """Verify one datagram; drop bad, replayed and our own ones.  Never raises."""
+        try:
+            message = protocol.decode(data, self.secrets, now)
+        except ProtocolError as exc:
+            self.reject(str(exc), source, now)
+            return None
+        if self.replays.is_replay(message, now):
+            self.reject("replayed", source, now)
+            return None
+        if message.node_id == self.node_id:
+            return None
+        self.received += 1
+        return message
+
+    def reject(self, reason: str, source: tuple[str, int], now: float) -> None:
+        if self.rejects.add(reason, now):
+            LOG.debug("Dropped datagram from %s: %s (%d dropped so far: %s)", source[0], reason,
+                      self.rejects.total, dict(self.rejects.counts))
+
+    def send(self, sock: socket.socket, payload: dict, address: tuple[str, int]) -> None:
+        try:
+            data = protocol.encode(payload, self.secrets[0])
+            sock.sendto(data, address)
+        except ProtocolError as exc:
+            LOG.error("Not sending %s: %s", payload.get("kind"), exc)
+        except OSError as exc:
+            LOG.warning("Sending %s to %s failed: %s", payload.get("kind"), address[0], exc)
+
+
+def run(service: Service, sockets: Sequence[socket.socket]) -> int:
+    """Run the loop until SIGTERM/SIGINT; SIGHUP asks the service to reload."""
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+
+    def on_stop(signum, frame):  # handlers only set flags
+        service.stopping = True
+
+    def on_hup(signum, frame):
+        service.reload_requested = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+
+    selector = selectors.DefaultSelector()
+    selector.register(wake_r, selectors.EVENT_READ, None)
+    for sock in sockets:
+        selector.register(sock, selectors.EVENT_READ, sock)
+    dog = watchdog_period()
+    next_dog = time.monotonic()
+    try:
+        while not service.stopping:
+            if service.reload_requested:
+                service.reload_requested = False
+                notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                service.reload()
+                notify("READY=1")
+            deadline = service.tick(service.clock())
+            if dog is not None and time.monotonic() >= next_dog:
+                notify("WATCHDOG=1")
+                next_dog = time.monotonic() + dog
+            timeout = min(max(0.0, deadline - service.clock()), MAX_SLEEP)
+            if dog is not None:
+                timeout = min(timeout, max(0.0, next_dog - time.monotonic()))
+            for key, _ in selector.select(timeout):
+                if key.data is None:
+                    try:
+                        while wake_r.recv(512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    continue
+                _drain(service, key.data)
+    finally:
+        notify("STOPPING=1")
+        service.shutdown()
+        selector.close()
+        signal.set_wakeup_fd(old_wakeup)
+        wake_r.close()
+        wake_w.close()
+    return 0
+
+
+def _drain(service: Service, sock: socket.socket) -> None:
+    for _ in range(service.max_batch):
+        try:
+            data, source = sock.recvfrom(protocol.MAX_DATAGRAM + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            LOG.debug("recvfrom failed: %s", exc)
+            return
+        now = service.clock()
+        message = service.receive(data, source, now)
+        if message is None:
+            continue
+        try:
+            service.handle(message, source[0], now)
+        except Exception:  # a bug must not let one datagram stop the daemon
+            LOG.exception("Error while handling %s from %s", message.kind, source[0])
+
+
+def add_config_argument(parser) -> None:
+    parser.add_argument("--config", default=None,
+                        help="hive.toml (default /etc/build/hive.toml; missing means defaults)")

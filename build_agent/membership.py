@@ -1,0 +1,187 @@
+"""Who is in the hive: established members (they have a role) and nodes still joining.
+
+Pure logic fed with verified messages and ``now``; both daemons use it, so the agent's
+peers.json and the advisor's view come from one piece of code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from . import timing
+from .protocol import Message, format_ts_seconds, parse_ts, ProtocolError
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Member:
+    node_id: str
+    hostname: str
+    ip: str
+    role: str
+    last_seen: float
+    interval: float
+    capabilities: dict = field(default_factory=dict)
+    load: Any = None
+    health: str = "ok"
+
+    def deadline(self) -> float:
+        return self.last_seen + timing.DEAD_AFTER_INTERVALS * self.interval
+
+    def to_json(self) -> dict:
+        return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.ip,
+                "role": self.role, "status": "alive", "last_seen": format_ts_seconds(self.last_seen),
+                "capabilities": self.capabilities, "load": self.load, "health": self.health,
+                "interval": self.interval}
+
+
+@dataclass
+class Joiner:
+    """A node that announced itself but has no identity yet."""
+    node_id: str
+    hostname: str
+    ip: str
+    joining_since: float
+    last_heard: float
+
+    @property
+    def key(self) -> tuple[float, str]:
+        return (self.joining_since, self.node_id)
+
+
+def join_order_key(joining_since: float, node_id: str) -> tuple[float, str]:
+    """Joining nodes take turns in this order (earliest start first, then lowest node id)."""
+    return (joining_since, node_id)
+
+
+def _role_of(message: Message) -> str | None:
+    if message.kind == "HEARTBEAT":
+        identity = message.get("identity") or {}
+        return identity.get("role")
+    return message.get("role")
+
+
+class Membership:
+    def __init__(self, default_interval: float) -> None:
+        self.default_interval = default_interval
+        self.members: dict[str, Member] = {}
+        self.joiners: dict[str, Joiner] = {}
+        self.departed: dict[str, float] = {}  # node_id -> when it left (ignore older news of it)
+
+    # --- updates: each returns True when the set of members or a role changed -----------------
+    def observe(self, message: Message, source_ip: str, now: float) -> bool:
+        kind = message.kind
+        if kind in ("STATUS", "HEARTBEAT") and message.get("state") == "leaving":
+            return self.remove(message.node_id, now, "left the hive")
+        if kind not in ("HELLO", "WELCOME", "IDENTIFY", "STATUS", "HEARTBEAT"):
+            return False
+        if message.ts <= self.departed.get(message.node_id, float("-inf")):
+            return False
+        self.departed.pop(message.node_id, None)
+        role = _role_of(message) if kind != "IDENTIFY" else None
+        if role:
+            return self._upsert(message, source_ip, role, now)
+        # No role: the sender is joining (or re-joining after an identity reset).
+        changed = self.members.pop(message.node_id, None) is not None
+        self._note_joiner(message, source_ip, now)
+        return changed
+
+    def _upsert(self, message: Message, source_ip: str, role: str, now: float) -> bool:
+        self.joiners.pop(message.node_id, None)
+        interval = message.get("interval") or self.default_interval
+        member = self.members.get(message.node_id)
+        changed = member is None or member.role != role
+        if member is None:
+            member = Member(message.node_id, message.hostname, source_ip, role, now, interval)
+            self.members[message.node_id] = member
+            LOG.info("Peer %s (%s) is in the hive as '%s'", message.hostname, source_ip, role)
+        elif member.role != role:
+            LOG.info("Peer %s (%s) is now '%s' (was '%s')", message.hostname, source_ip, role,
+                     member.role)
+        member.hostname, member.ip, member.role = message.hostname, source_ip, role
+        member.last_seen = now
+        member.interval = float(interval)
+        if message.get("capabilities") is not None:
+            member.capabilities = message.get("capabilities")
+        if message.kind == "STATUS":
+            member.load = message.get("load", member.load)
+            member.health = message.get("health", member.health)
+        return changed
+
+    def _note_joiner(self, message: Message, source_ip: str, now: float) -> None:
+        since_text = message.get("joining_since")
+        try:
+            since = parse_ts(since_text) if since_text else message.ts
+        except ProtocolError:
+            since = message.ts
+        joiner = self.joiners.get(message.node_id)
+        if joiner is None:
+            self.joiners[message.node_id] = Joiner(message.node_id, message.hostname, source_ip,
+                                                   since, now)
+        else:
+            joiner.last_heard = now
+            if since_text:
+                joiner.joining_since = since
+
+    def remove(self, node_id: str, now: float, why: str) -> bool:
+        self.departed[node_id] = now
+        self.joiners.pop(node_id, None)
+        member = self.members.pop(node_id, None)
+        if member is not None:
+            LOG.info("Peer %s (%s) %s", member.hostname, member.ip, why)
+            return True
+        return False
+
+    def expire(self, now: float) -> bool:
+        """Drop members that missed DEAD_AFTER_INTERVALS heartbeats and silent joiners."""
+        changed = False
+        for member in list(self.members.values()):
+            if now >= member.deadline():
+                changed |= self.remove(member.node_id, now,
+                                       f"is dead: no heartbeat for {now - member.last_seen:.1f}s")
+        for joiner in list(self.joiners.values()):
+            if now - joiner.last_heard >= timing.JOINING_PEER_TIMEOUT:
+                del self.joiners[joiner.node_id]
+        for node_id, when in list(self.departed.items()):
+            if now - when > timing.MAX_CLOCK_SKEW:
+                del self.departed[node_id]
+        return changed
+
+    def next_deadline(self) -> float:
+        deadlines = [m.deadline() for m in self.members.values()]
+        deadlines += [j.last_heard + timing.JOINING_PEER_TIMEOUT for j in self.joiners.values()]
+        return min(deadlines, default=float("inf"))
+
+    def merge(self, entries: Iterable[dict], now: float) -> bool:
+        """Add members another view knows (the agent's peers.json) that this one lacks."""
+        changed = False
+        for entry in entries:
+            node_id, role = entry.get("node_id"), entry.get("role")
+            if not isinstance(node_id, str) or not isinstance(role, str) or node_id in self.members:
+                continue
+            if node_id in self.departed:
+                continue
+            try:
+                last_seen = parse_ts(entry.get("last_seen"))
+            except ProtocolError:
+                last_seen = now
+            interval = entry.get("interval") or self.default_interval
+            member = Member(node_id, str(entry.get("hostname", "?")), str(entry.get("ip", "?")),
+                            role, min(last_seen, now), float(interval),
+                            entry.get("capabilities") or {})
+            if member.deadline() > now:
+                self.members[node_id] = member
+                changed = True
+        return changed
+
+    # --- queries ------------------------------------------------------------------------------
+    def established(self, exclude: Iterable[str] = ()) -> list[Member]:
+        skip = set(exclude)
+        return sorted((m for m in self.members.values() if m.node_id not in skip),
+                      key=lambda m: (m.hostname, m.node_id))
+
+    def joiners_ahead(self, key: tuple[float, str]) -> list[Joiner]:
+        return sorted((j for j in self.joiners.values() if j.key < key), key=lambda j: j.key)

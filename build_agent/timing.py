@@ -1,0 +1,41 @@
+"""Every timing constant of the hive, in one place. All values are seconds."""
+
+# Replay protection: a message whose ts is further than this from local time is dropped
+# (the DNS TSIG and Kerberos default clock skew).
+MAX_CLOCK_SKEW = 300.0
+# How many recently seen signatures the replay cache remembers (oldest forgotten first).
+REPLAY_CACHE_SIZE = 16384
+
+# Discovery: HELLO is broadcast at these offsets from the start of discovery.
+HELLO_SCHEDULE = (0.0, 0.25, 0.75)
+# Discovery never ends before this (time for WELCOMEs from the whole LAN to arrive) ...
+DISCOVERY_MIN = 0.3
+# ... and always ends here: no established member answered, so we may found the hive.
+DISCOVERY_MAX = 1.5
+
+# Asking: IDENTIFY is broadcast at these offsets; we stop when every expected advisor answered.
+IDENTIFY_SCHEDULE = (0.0, 0.4, 1.2)
+# Give up waiting for missing advisors after this and decide with the advice we have.
+ADVICE_TIMEOUT = 2.5
+# When established members exist but none advised, ask again after this (doubling, capped).
+REASK_BACKOFF_FIRST = 2.0
+REASK_BACKOFF_MAX = 60.0
+
+# A joining node that waits for others ahead of it re-announces itself this often ...
+JOINING_KEEPALIVE = 1.0
+# ... and a joining node not heard from for this long is no longer waited for.
+JOINING_PEER_TIMEOUT = 3.5
+
+# A member is dead after missing this many of its own heartbeat intervals.
+DEAD_AFTER_INTERVALS = 3
+
+# Provisioning: apt-get update attempts, the pause between them, and the retry of a failed install.
+APT_UPDATE_ATTEMPTS = 3
+APT_UPDATE_PAUSE = 5.0
+PROVISION_RETRY = 300.0
+
+# Rejected datagrams are logged (debug) at most once per this period, with a count.
+REJECT_LOG_PERIOD = 60.0
+
+# Re-read peers.json written by the local agent at most this often (advisor).
+PEERS_FILE_POLL = 1.0
