@@ -182,6 +182,7 @@ class Agent(Service):
         if self.joining_since is None:
             self.joining_since = now
         self.phase, self.phase_start, self.sent = "discover", now, 0
+        self.next_keepalive = now + timing.JOINING_KEEPALIVE  # HELLO announces us for now
         self.max_members_reported = 0
         LOG.info("Looking for hive peers on %s (%s, broadcast %s)", self.iface.name,
                  self.iface.address, self.iface.broadcast)

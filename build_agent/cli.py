@@ -1,0 +1,219 @@
+"""hive: look at this node's place in the hive.
+
+  hive status      role, who assigned it and when, peers count, hostname, IP
+  hive peers       the live members: hostname, IP, role, status, last seen
+  hive identity    identity.json
+  hive reset       remove identity.json and restart build-agent, which asks the hive again
+  hive watch       live stream of hive messages on this LAN, verified and decoded
+
+Every command takes --config (default /etc/build/hive.toml) and --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable
+
+from . import protocol, state
+from .config import Config, ConfigError, load_config, load_secrets, secret_path
+from .netif import NetworkError, open_broadcast_socket
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _err(message: str) -> int:
+    print(f"hive: {message}", file=sys.stderr)
+    return 1
+
+
+def _read(path) -> dict | None:
+    try:
+        data = state.read_json(path)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return data if isinstance(data, dict) else None
+
+
+def cmd_status(config: Config, args) -> int:
+    identity = _read(config.identity_path) or {}
+    peers = _read(config.peers_path) or {}
+    me = peers.get("self") or {}
+    summary = {
+        "role": identity.get("role"),
+        "assigned_by": identity.get("assigned_by"),
+        "assigned_at": identity.get("assigned_at"),
+        "provisioned": identity.get("provisioned"),
+        "hostname": me.get("hostname") or identity.get("hostname"),
+        "ip": me.get("primary_ip"),
+        "node_id": me.get("node_id") or identity.get("node_id"),
+        "peers": len(peers.get("peers") or []),
+        "updated_at": peers.get("updated_at"),
+    }
+    if args.json:
+        _print_json(summary)
+        return 0
+    if summary["role"] is None:
+        print("Role:        (none yet: joining the hive; see journalctl -u build-agent)")
+    else:
+        print(f"Role:        {summary['role']}")
+        print(f"Assigned by: {', '.join(summary['assigned_by'] or [])}")
+        print(f"Assigned at: {summary['assigned_at']}")
+        print(f"Provisioned: {'yes' if summary['provisioned'] else 'no'}"
+              + (f" ({identity.get('provision_error')})" if identity.get("provision_error") else ""))
+    print(f"Hostname:    {summary['hostname'] or '?'}")
+    print(f"IP:          {summary['ip'] or '?'}")
+    print(f"Peers:       {summary['peers']}")
+    return 0
+
+
+def cmd_peers(config: Config, args) -> int:
+    peers = (_read(config.peers_path) or {}).get("peers") or []
+    if args.json:
+        _print_json(peers)
+        return 0
+    rows = [("HOSTNAME", "IP", "ROLE", "STATUS", "LAST SEEN")]
+    rows += [(str(p.get("hostname")), str(p.get("ip")), str(p.get("role")),
+              str(p.get("status", "alive")), str(p.get("last_seen", ""))) for p in peers]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    if not peers:
+        print("(no peers yet)")
+    return 0
+
+
+def cmd_identity(config: Config, args) -> int:
+    identity = _read(config.identity_path)
+    if identity is None:
+        return _err(f"no identity yet ({config.identity_path} does not exist): "
+                    "the agent is joining or not running; see journalctl -u build-agent")
+    _print_json(identity)
+    return 0
+
+
+def cmd_reset(config: Config, args, run: Callable = subprocess.run) -> int:
+    if os.geteuid() != 0:
+        return _err("reset needs root: sudo hive reset")
+    try:
+        os.unlink(config.identity_path)
+        removed = True
+    except FileNotFoundError:
+        removed = False
+    except OSError as exc:
+        return _err(f"cannot remove {config.identity_path}: {exc.strerror}")
+    restarted = False
+    if not args.no_restart:
+        if not os.path.isdir("/run/systemd/system") or shutil.which("systemctl") is None:
+            return _err("identity removed, but systemd is not running here: "
+                        "restart build-agent yourself to ask the hive again")
+        result = run(["systemctl", "restart", "build-agent.service"], check=False)
+        if result.returncode != 0:
+            return _err("identity removed, but 'systemctl restart build-agent' failed: "
+                        "see systemctl status build-agent")
+        restarted = True
+    if args.json:
+        _print_json({"removed": removed, "restarted": restarted})
+    else:
+        print(f"Identity {'removed' if removed else 'was already absent'}; "
+              + ("build-agent restarted: it is asking the hive again (journalctl -u build-agent -f)"
+                 if restarted else "restart build-agent to ask the hive again"))
+    return 0
+
+
+def describe(message: protocol.Message) -> str:
+    """One line for a verified message: its kind-specific fields as key=value."""
+    skip = {"kind", "node_id", "hostname", "primary_ip", "ts", "capabilities"}
+    fields = " ".join(f"{key}={json.dumps(value, separators=(',', ':'))}"
+                      for key, value in message.payload.items() if key not in skip)
+    return f"{message.kind:<9} {message.hostname:<12} {fields}".rstrip()
+
+
+def cmd_watch(config: Config, args) -> int:
+    secrets = load_secrets(secret_path(config))
+    sock = open_broadcast_socket(config.port)
+    guard = protocol.ReplayGuard()
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    end = time.monotonic() + args.seconds if args.seconds else None
+    shown = 0
+    if not args.json:
+        print(f"Watching UDP {config.port} (broadcasts; Ctrl-C stops)", flush=True)
+    try:
+        while args.count is None or shown < args.count:
+            timeout = None if end is None else end - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                break
+            if not selector.select(timeout):
+                continue
+            data, (ip, _port) = sock.recvfrom(protocol.MAX_DATAGRAM + 1)
+            now = time.time()
+            stamp = time.strftime("%H:%M:%S", time.localtime(now))
+            try:
+                message = protocol.decode(data, secrets, now)
+                if guard.is_replay(message, now):
+                    raise protocol.ProtocolError("replayed")
+            except protocol.ProtocolError as exc:
+                record = {"from": ip, "verified": False, "reason": str(exc), "bytes": len(data)}
+                line = f"{stamp} {ip:<15} REJECTED  {exc}"
+            else:
+                record = {"from": ip, "verified": True, "payload": message.payload}
+                line = f"{stamp} {ip:<15} {describe(message)}"
+            print(json.dumps(record, sort_keys=True) if args.json else line, flush=True)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+COMMANDS = {"status": cmd_status, "peers": cmd_peers, "identity": cmd_identity,
+            "reset": cmd_reset, "watch": cmd_watch}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config/--json work before or after the command (SUPPRESS keeps the subcommand's
+    # absent option from overwriting one given before it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="hive.toml (default /etc/build/hive.toml)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    parser = argparse.ArgumentParser(prog="hive", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("status", parents=[common], help="this node's role and hive")
+    sub.add_parser("peers", parents=[common], help="the live members")
+    sub.add_parser("identity", parents=[common], help="print identity.json")
+    reset = sub.add_parser("reset", parents=[common], help="forget the identity and ask again")
+    reset.add_argument("--no-restart", action="store_true",
+                       help="only remove identity.json (restart build-agent yourself)")
+    watch = sub.add_parser("watch", parents=[common], help="live stream of hive messages")
+    watch.add_argument("--count", type=int, default=None, help="stop after N messages")
+    watch.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        return COMMANDS[args.command](config, args)
+    except (ConfigError, NetworkError) as exc:
+        return _err(str(exc))
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
