@@ -29,11 +29,11 @@ DEFAULT_PORT = 50555
 
 KINDS = ("HELLO", "WELCOME", "IDENTIFY", "ADVICE", "STATUS", "HEARTBEAT", "TASK", "RESULT")
 
-ROLE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
-TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z$")
+ROLE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+\Z")
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})\Z")
+TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z\Z")
 
 
 class ProtocolError(ValueError):
@@ -332,7 +332,7 @@ def parse_envelope(data: bytes) -> tuple[dict, str]:
 
 def verify(payload: dict, sig: str, secrets: Sequence[bytes]) -> None:
     """Raise ProtocolError unless ``sig`` matches the payload under one of the secrets."""
-    if len(sig) != 64:
+    if len(sig) != 64 or not sig.isascii():  # compare_digest raises TypeError on non-ASCII
         raise ProtocolError("bad signature")
     try:
         body = canonical(payload)
