@@ -120,7 +120,8 @@ class Agent(Service):
         if kind == "HELLO":
             members = len(self.membership.established()) + (1 if self.identity else 0)
             self._reply("WELCOME", source_ip, to=message.node_id, role=self.role, members=members,
-                        joining_since=None if self.identity else self._joining_since_text())
+                        joining_since=None if self.identity else self._joining_since_text(),
+                        capabilities=self.capabilities, interval=self.config.heartbeat_interval)
         elif kind == "WELCOME":
             if message.get("to") in (None, self.node_id) and message.get("role"):
                 self.max_members_reported = max(self.max_members_reported,

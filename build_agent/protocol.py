@@ -189,6 +189,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("members", _number(0, 1_000_000, integer=True), False),
         ("joining_since", _timestamp(nullable=True), False),
         ("capabilities", _capabilities, False),
+        ("interval", _number(0.05, 86400), False),
     ),
     "IDENTIFY": (
         ("request", _text(32), False),
