@@ -1,0 +1,1 @@
+"""hive-bench internals: the lab driver, a Serf RPC client and the measurements."""
