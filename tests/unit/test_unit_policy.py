@@ -1,0 +1,268 @@
+"""suggest_role policies: the default table, loading policy files, fallbacks, shipped examples."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from build_advisor import policy as policy_mod
+from build_advisor.policy import PolicyError, advise, default_suggest_role, load_policy
+
+POLICIES = Path(policy_mod.__file__).resolve().parent / "policies"
+
+CONTROLLER = ("controller", ["ansible", "git"], "first node becomes controller")
+BUILDER = ("builder", ["openjdk-17-jdk", "maven", "git", "build-essential"],
+           "cluster needs builders")
+RUNNER = ("runner", ["python3-pytest", "nodejs", "npm"], "have builders, need test runners")
+
+
+def member(i: int, role: str, **caps) -> dict:
+    return {"node_id": f"n{i}", "hostname": f"build{i}", "ip": f"10.0.0.{i}", "role": role,
+            "capabilities": dict(caps)}
+
+
+def view_of(self_role: str, *peer_roles: str) -> dict:
+    me = member(0, self_role)
+    peers = [member(i + 1, role) for i, role in enumerate(peer_roles)]
+    return {"self": me, "peers": peers, "members": [me] + peers}
+
+
+def newcomer(**caps) -> dict:
+    return {"node_id": "new", "hostname": "build99", "ip": "10.0.0.99",
+            "capabilities": {"cpu_cores": 4, "ram_gb": 8.0, "has_gpu": False, "arch": "x86_64",
+                             "os": "Ubuntu", "docker_installed": False, **caps}}
+
+
+def as_tuple(result: dict) -> tuple:
+    return result["role"], result["packages"], result["reason"]
+
+
+# --- the default table ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("peers, expected", [
+    (0, CONTROLLER), (1, BUILDER), (2, BUILDER), (3, RUNNER), (4, RUNNER), (50, RUNNER),
+])
+def test_default_table(peers, expected):
+    result = default_suggest_role(view_of("founder", *["builder"] * peers), newcomer())
+    assert as_tuple(result) == expected
+    assert result["config"] == {}
+
+
+def test_default_sequence_founder_controller_builder_builder_runner():
+    # Node 1 founds; each next node is advised by a member that sees the others as peers.
+    roles = ["founder"]
+    for _ in range(5):
+        advisor_role, *peer_roles = roles
+        roles.append(default_suggest_role(view_of(advisor_role, *peer_roles), newcomer())["role"])
+    assert roles == ["founder", "controller", "builder", "builder", "runner", "runner"]
+
+
+def test_default_returns_fresh_copies():
+    first = default_suggest_role(view_of("founder"), newcomer())
+    first["packages"].append("evil")
+    first["config"]["x"] = 1
+    again = default_suggest_role(view_of("founder"), newcomer())
+    assert again["packages"] == ["ansible", "git"] and again["config"] == {}
+
+
+def test_load_policy_empty_path_is_the_default():
+    assert load_policy("") is default_suggest_role
+
+
+# --- loading a policy file --------------------------------------------------------------------
+
+def write(tmp_path: Path, text: str, name: str = "policy.py") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_load_policy_from_a_file(tmp_path):
+    path = write(tmp_path, "def suggest_role(view, newcomer):\n"
+                           "    return {'role': 'custom', 'packages': ['git'], 'config': {},"
+                           " 'reason': 'mine'}\n")
+    function = load_policy(path)
+    assert function(view_of("founder"), newcomer())["role"] == "custom"
+
+
+def test_missing_policy_file(tmp_path):
+    path = str(tmp_path / "nope.py")
+    with pytest.raises(PolicyError, match=r"policy file .*nope\.py not found"):
+        load_policy(path)
+
+
+def test_policy_file_that_is_not_python(tmp_path):
+    path = write(tmp_path, "role = builder\n", name="policy.toml")
+    with pytest.raises(PolicyError, match="not a Python file"):
+        load_policy(path)
+
+
+def test_policy_with_a_syntax_error(tmp_path):
+    path = write(tmp_path, "def suggest_role(view, newcomer)\n    return {}\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert "failed to load" in str(info.value) and "SyntaxError" in str(info.value)
+    assert path in str(info.value)
+
+
+def test_policy_that_raises_while_loading(tmp_path):
+    path = write(tmp_path, "import no_such_module_for_hive_tests\n")
+    with pytest.raises(PolicyError, match="failed to load: ModuleNotFoundError"):
+        load_policy(path)
+
+
+def test_policy_without_suggest_role(tmp_path):
+    path = write(tmp_path, "def suggest(view, newcomer):\n    return {}\n")
+    with pytest.raises(PolicyError, match=r"does not define suggest_role\(view, newcomer\)"):
+        load_policy(path)
+
+
+def test_policy_whose_suggest_role_is_not_callable(tmp_path):
+    path = write(tmp_path, "suggest_role = {'role': 'builder'}\n")
+    with pytest.raises(PolicyError, match="does not define suggest_role"):
+        load_policy(path)
+
+
+# --- advise(): run a policy, fall back on trouble -----------------------------------------------
+
+def test_advise_passes_a_good_answer_through():
+    def custom(view, comer):
+        return {"role": "ml-trainer", "packages": ["python3-pip"], "config": {"gpus": 2},
+                "reason": "x" * 400, "extra": "ignored"}
+    result = advise(custom, view_of("founder"), newcomer())
+    assert result == {"role": "ml-trainer", "packages": ["python3-pip"], "config": {"gpus": 2},
+                      "reason": "x" * 300}
+
+
+def test_advise_fills_optional_keys():
+    result = advise(lambda v, n: {"role": "builder"}, view_of("founder"), newcomer())
+    assert result == {"role": "builder", "packages": [], "config": {}, "reason": ""}
+
+
+def test_advise_falls_back_when_the_policy_raises(caplog):
+    def broken(view, comer):
+        raise KeyError("gpu")
+    with caplog.at_level(logging.ERROR, logger="build_advisor.policy"):
+        result = advise(broken, view_of("founder", "builder"), newcomer())
+    assert as_tuple(result) == BUILDER
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "build99" in record.getMessage() and "KeyError" in record.getMessage()
+    assert "default" in record.getMessage()
+
+
+@pytest.mark.parametrize("garbage", [
+    None, [], "builder", 5,
+    {"packages": ["git"]},                                 # no role
+    {"role": "Bad Role"},
+    {"role": ""},
+    {"role": None},
+    {"role": "builder\n"},
+    {"role": "builder", "packages": ["-oops"]},
+    {"role": "builder", "packages": ["rm -rf"]},
+    {"role": "builder", "packages": ["git", "rm -rf /"]},
+    {"role": "builder", "packages": "git"},
+    {"role": "builder", "packages": ("git",)},
+    {"role": "builder", "packages": [None]},
+    {"role": "builder", "config": ["a"]},
+    {"role": "builder", "reason": 5},
+])
+def test_advise_falls_back_when_the_policy_returns_garbage(garbage, caplog):
+    with caplog.at_level(logging.ERROR, logger="build_advisor.policy"):
+        result = advise(lambda v, n: garbage, view_of("founder"), newcomer())
+    assert as_tuple(result) == CONTROLLER
+    assert any(r.levelno == logging.ERROR and "Policy failed" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_advise_with_the_default_policy_does_not_log(caplog):
+    with caplog.at_level(logging.DEBUG):
+        result = advise(default_suggest_role, view_of("founder", "a", "b", "c"), newcomer())
+    assert as_tuple(result) == RUNNER
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_advise_with_a_loaded_failing_policy_file(tmp_path, caplog):
+    path = write(tmp_path, "def suggest_role(view, newcomer):\n    return 1 / 0\n")
+    function = load_policy(path)  # loads fine; fails only when run
+    with caplog.at_level(logging.ERROR):
+        result = advise(function, view_of("founder", "builder", "builder"), newcomer())
+    assert as_tuple(result) == BUILDER
+    assert "ZeroDivisionError" in caplog.text
+
+
+# --- the shipped example policies -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def role_balance():
+    return load_policy(str(POLICIES / "role_balance.py"))
+
+
+@pytest.fixture(scope="module")
+def gpu_aware():
+    return load_policy(str(POLICIES / "gpu_aware.py"))
+
+
+def test_role_balance_first_a_controller(role_balance):
+    result = advise(role_balance, view_of("founder"), newcomer())
+    assert result["role"] == "controller" and result["packages"] == ["ansible", "git"]
+
+
+@pytest.mark.parametrize("existing, expected", [
+    (["controller"], "builder"),
+    (["controller", "builder"], "builder"),
+    (["controller", "builder", "builder"], "builder"),
+    (["controller", "builder", "builder", "builder"], "runner"),
+    (["controller", "builder", "builder", "builder", "runner", "runner"], "runner"),
+    (["controller", "builder", "builder", "builder", "runner", "runner", "runner"], "builder"),
+    (["controller", "builder"] * 2 + ["runner"] * 3, "builder"),  # only 2 builders
+])
+def test_role_balance_keeps_min_builders_then_balances(role_balance, existing, expected):
+    result = advise(role_balance, view_of("founder", *existing), newcomer())
+    assert result["role"] == expected
+    if expected == "builder":
+        assert "openjdk-17-jdk" in result["packages"]
+    if expected == "runner":
+        assert result["packages"] == ["python3-pytest", "nodejs", "npm"]
+
+
+def test_role_balance_counts_the_advisor_itself(role_balance):
+    # The advisor is the controller: the newcomer must not be told to become one.
+    view = view_of("controller")
+    assert advise(role_balance, view, newcomer())["role"] == "builder"
+
+
+def test_role_balance_sequence(role_balance):
+    roles = ["founder"]
+    for _ in range(9):
+        advisor_role, *peer_roles = roles
+        roles.append(advise(role_balance, view_of(advisor_role, *peer_roles), newcomer())["role"])
+    assert roles == ["founder", "controller", "builder", "builder", "builder", "runner",
+                     "runner", "runner", "builder", "runner"]
+
+
+def test_gpu_aware_gpu_node_becomes_ml_trainer(gpu_aware):
+    view = view_of("founder", "controller", "builder")
+    view["peers"][1]["role"] = "ml-trainer"
+    result = advise(gpu_aware, view, newcomer(has_gpu=True))
+    assert result["role"] == "ml-trainer"
+    assert result["packages"] == ["nvidia-cuda-toolkit", "python3-pip"]
+    assert result["config"] == {"gpus": 1}
+    assert "1 ml-trainer" in result["reason"]
+
+
+@pytest.mark.parametrize("caps", [{"has_gpu": False}, {}])
+def test_gpu_aware_other_nodes_get_the_default(gpu_aware, caps):
+    comer = newcomer()
+    comer["capabilities"] = caps
+    for peers in (0, 1, 3):
+        view = view_of("founder", *["builder"] * peers)
+        assert advise(gpu_aware, view, comer) == advise(default_suggest_role, view, comer)
+
+
+def test_gpu_aware_tolerates_missing_capabilities(gpu_aware, caplog):
+    comer = {"node_id": "new", "hostname": "build99", "ip": "10.0.0.99"}
+    with caplog.at_level(logging.ERROR):
+        assert advise(gpu_aware, view_of("founder"), comer)["role"] == "controller"
+    assert "Policy failed" not in caplog.text
