@@ -134,7 +134,8 @@ def load_secrets(path: str) -> list[bytes]:
         lines = text.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise ConfigError(f"shared secret {path} is not UTF-8 text") from None
-    secrets = [line.strip().encode() for line in lines if line.strip() and not line.startswith("#")]
+    secrets = [line.strip().encode() for line in lines
+               if line.strip() and not line.strip().startswith("#")]
     if not secrets:
         raise ConfigError(f"shared secret {path} is empty: put the hive's secret in it")
     if any(len(s) < MIN_SECRET_LEN for s in secrets):
