@@ -1,0 +1,3 @@
+"""A policy that does not load: it has no suggest_role."""
+
+ROLE = "nothing"
