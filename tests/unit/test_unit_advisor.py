@@ -1,0 +1,295 @@
+"""The advisor's logic and Service.receive/send, without sockets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from build_advisor.advisor import Advisor
+from build_advisor import policy as policy_mod
+from build_advisor.policy import default_suggest_role, load_policy
+from build_agent import protocol, state
+from build_agent.daemon import Service
+from hive_fakes import SECRET, T0, FakeSocket
+
+SELF_ID = "self-node-0"
+NEW_ID = "new-node-9"
+IDENTITY = {"role": "founder", "packages": [], "config": {}, "assigned_by": ["self"],
+            "assigned_at": "2026-11-26T11:00:00Z"}
+
+
+class RecordingPolicy:
+    def __init__(self, wrapped=default_suggest_role):
+        self.calls: list[tuple[dict, dict]] = []
+        self.wrapped = wrapped
+
+    def __call__(self, view, newcomer):
+        self.calls.append((view, newcomer))
+        return self.wrapped(view, newcomer)
+
+
+@pytest.fixture
+def make_advisor(config, iface, clock, fake_sock):
+    def factory(policy=default_suggest_role, with_identity=True, with_node_id=True) -> Advisor:
+        if with_node_id:
+            config.node_id_path.write_text(SELF_ID + "\n")
+        if with_identity:
+            state.write_json_atomic(config.identity_path, IDENTITY)
+        advisor = Advisor(config, [SECRET], iface, "build0", policy, clock=clock)
+        advisor.attach(fake_sock)
+        return advisor
+    return factory
+
+
+def feed(service: Service, kind: str, node_id: str, hostname: str, ip: str, now: float,
+         **fields) -> protocol.Message | None:
+    """Through receive() and, when it passes, handle()."""
+    data = protocol.encode(protocol.make_payload(kind, node_id, hostname, ip, now, **fields),
+                           SECRET)
+    message = service.receive(data, (ip, 50555), now)
+    if message is not None:
+        service.handle(message, ip, now)
+    return message
+
+
+def identify(service: Service, now: float = T0 + 1, node_id: str = NEW_ID, ip="10.9.0.99",
+             **caps):
+    return feed(service, "IDENTIFY", node_id, "build9", ip, now, request="who_am_i",
+                candidate_ip=None, capabilities={"has_gpu": False, **caps}, attempt=0)
+
+
+def advices(sock: FakeSocket):
+    return [(m, addr) for m, addr in sock.messages() if m.kind == "ADVICE"]
+
+
+def add_members(advisor: Advisor, count: int, now: float = T0) -> None:
+    for i in range(1, count + 1):
+        feed(advisor, "STATUS", f"member-{i}", f"build{i}", f"10.9.0.{10 + i}", now,
+             role="builder", interval=10)
+
+
+# --- advising -------------------------------------------------------------------------------------
+
+def test_advises_a_newcomer(make_advisor, fake_sock, caplog):
+    advisor = make_advisor()
+    caplog.set_level(logging.INFO)
+    identify(advisor)
+    [(advice, address)] = advices(fake_sock)
+    assert address == ("10.9.0.99", 50555)
+    assert advice.node_id == SELF_ID and advice.hostname == "build0"
+    assert advice.primary_ip == "10.9.0.2"
+    assert advice.get("to") == NEW_ID
+    assert advice.get("suggested_role") == "controller"
+    assert advice.get("packages") == ["ansible", "git"]
+    assert advice.get("config") == {}
+    assert advice.get("reason") == "first node becomes controller"
+    assert advisor.advised == 1
+    assert " -> build9: become 'controller'" in caplog.text
+
+
+@pytest.mark.parametrize("others, role", [(0, "controller"), (1, "builder"), (2, "builder"),
+                                           (3, "runner"), (6, "runner")])
+def test_default_policy_by_number_of_peers(make_advisor, fake_sock, others, role):
+    advisor = make_advisor()
+    add_members(advisor, others)
+    identify(advisor)
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == role
+
+
+def test_no_advice_without_identity(make_advisor, config, fake_sock):
+    advisor = make_advisor(with_identity=False)
+    add_members(advisor, 2)
+    identify(advisor)
+    assert advices(fake_sock) == [] and advisor.advised == 0
+    # Once the local agent has an identity, it advises.
+    state.write_json_atomic(config.identity_path, IDENTITY)
+    identify(advisor, now=T0 + 2)
+    assert len(advices(fake_sock)) == 1
+
+
+def test_no_advice_with_a_broken_identity(make_advisor, config, fake_sock):
+    advisor = make_advisor(with_identity=False)
+    config.identity_path.write_text('{"role": "builder"}')  # lacks the required keys
+    identify(advisor)
+    assert advices(fake_sock) == []
+
+
+def test_never_advises_itself(make_advisor, fake_sock):
+    advisor = make_advisor()
+    # Through the socket path its own datagrams are dropped ...
+    assert identify(advisor, node_id=SELF_ID, ip="10.9.0.2") is None
+    # ... and even handed over directly it does not answer itself.
+    message = protocol.decode(protocol.encode(protocol.make_payload(
+        "IDENTIFY", SELF_ID, "build0", "10.9.0.2", T0 + 1, request="who_am_i"), SECRET),
+        [SECRET], T0 + 1)
+    advisor.handle(message, "10.9.0.2", T0 + 1)
+    assert advices(fake_sock) == []
+
+
+def test_picks_up_its_node_id_once_the_agent_wrote_it(make_advisor, config, fake_sock, clock):
+    advisor = make_advisor(with_node_id=False)
+    assert advisor.node_id is None
+    assert advisor.tick(T0) <= T0 + 1.0  # polls for the node id
+    config.node_id_path.write_text(SELF_ID + "\n")
+    advisor.tick(T0 + 1)
+    assert advisor.node_id == SELF_ID
+    identify(advisor, node_id=SELF_ID, ip="10.9.0.2")
+    assert advices(fake_sock) == []
+
+
+def test_view_counts_peers_without_itself_or_the_newcomer(make_advisor, config, fake_sock):
+    policy = RecordingPolicy()
+    advisor = make_advisor(policy=policy)
+    add_members(advisor, 2)
+    # Its own heartbeat, as if it had reached the membership anyway.
+    own = protocol.decode(protocol.encode(protocol.make_payload(
+        "STATUS", SELF_ID, "build0", "10.9.0.2", T0, role="founder"), SECRET), [SECRET], T0)
+    advisor.handle(own, "10.9.0.2", T0)
+    # The newcomer was a member before its identity was reset; the agent's peers.json still
+    # lists it (and, wrongly, this node itself) next to a member only the agent has heard.
+    state.write_json_atomic(config.peers_path, {
+        "self": {"hostname": "build0", "primary_ip": "10.9.0.2", "role": "founder"},
+        "peers": [
+            {"node_id": NEW_ID, "hostname": "build9", "ip": "10.9.0.99", "role": "runner",
+             "last_seen": protocol.format_ts_seconds(T0), "interval": 10},
+            {"node_id": SELF_ID, "hostname": "build0", "ip": "10.9.0.2", "role": "founder",
+             "last_seen": protocol.format_ts_seconds(T0), "interval": 10},
+            {"node_id": "member-3", "hostname": "build3", "ip": "10.9.0.13", "role": "builder",
+             "last_seen": protocol.format_ts_seconds(T0), "interval": 10},
+        ]})
+    feed(advisor, "STATUS", NEW_ID, "build9", "10.9.0.99", T0 + 0.5, role="runner")
+    identify(advisor)
+    [(view, newcomer)] = policy.calls
+    assert sorted(p["hostname"] for p in view["peers"]) == ["build1", "build2", "build3"]
+    assert view["self"]["node_id"] == SELF_ID and view["self"]["role"] == "founder"
+    assert view["members"] == [view["self"]] + view["peers"]
+    assert newcomer == {"node_id": NEW_ID, "hostname": "build9", "ip": "10.9.0.99",
+                        "capabilities": {"has_gpu": False}}
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == "runner"  # 3 peers
+    assert len(json.loads(config.peers_path.read_text())["peers"]) == 3
+
+
+def test_dead_members_are_not_counted(make_advisor, fake_sock):
+    advisor = make_advisor()
+    feed(advisor, "STATUS", "member-1", "build1", "10.9.0.11", T0, role="builder", interval=1)
+    advisor.tick(T0 + 3)
+    identify(advisor, now=T0 + 3)
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == "controller"
+
+
+def test_a_member_that_left_is_not_counted(make_advisor, fake_sock):
+    advisor = make_advisor()
+    add_members(advisor, 1)
+    feed(advisor, "STATUS", "member-1", "build1", "10.9.0.11", T0 + 0.5, role="builder",
+         state="leaving")
+    identify(advisor)
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == "controller"
+
+
+def test_failing_policy_falls_back_to_the_default(make_advisor, fake_sock, caplog):
+    def broken(view, newcomer):
+        raise RuntimeError("policy bug")
+    advisor = make_advisor(policy=broken)
+    add_members(advisor, 1)
+    with caplog.at_level(logging.ERROR):
+        identify(advisor)
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == "builder"
+    assert "RuntimeError" in caplog.text
+
+
+def test_policy_sees_newcomer_capabilities(make_advisor, fake_sock):
+    gpu = load_policy(str(Path(policy_mod.__file__).parent / "policies" / "gpu_aware.py"))
+    advisor = make_advisor(policy=gpu)
+    identify(advisor, has_gpu=True, cpu_cores=16)
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == "ml-trainer"
+
+
+# --- Service.receive / send -----------------------------------------------------------------------
+
+class Sink(Service):
+    def handle(self, message, source_ip, now):
+        pass
+
+    def tick(self, now):
+        return float("inf")
+
+
+GARBAGE = [b"", b"\xff" * 50, b"{}", b"[]", b"null", b"{" * 5000, b'{"magic":"BUILD/HELLO/v1"}',
+           b'{"magic":"BUILD/HELLO/v1","payload":{},"sig":"' + "é".encode() * 64 + b'"}',
+           b'{"magic":"BUILD/HELLO/v1","payload":{"x":NaN},"sig":"' + b"0" * 64 + b'"}',
+           b"x" * 10_000]
+
+
+def test_receive_never_raises_on_garbage(caplog):
+    service = Sink([SECRET], "me")
+    with caplog.at_level(logging.DEBUG, logger="build_agent.daemon"):
+        for data in GARBAGE:
+            assert service.receive(data, ("10.9.0.66", 50555), T0) is None
+    assert service.rejects.total == len(GARBAGE)
+    assert service.received == 0
+    # Rate-limited: one debug line for the whole burst.
+    assert len([r for r in caplog.records if "Dropped datagram" in r.getMessage()]) == 1
+
+
+def test_receive_drops_wrong_secret_stale_and_replayed():
+    service = Sink([SECRET], "me")
+    good = protocol.encode(protocol.make_payload("HELLO", "peer-1", "build1", "10.9.0.11", T0),
+                           SECRET)
+    other = protocol.encode(protocol.make_payload("HELLO", "peer-1", "build1", "10.9.0.11", T0),
+                            b"the-wrong-secret-123")
+    assert service.receive(other, ("10.9.0.11", 50555), T0) is None
+    assert service.receive(good, ("10.9.0.11", 50555), T0 + 400) is None  # stale
+    assert service.receive(good, ("10.9.0.11", 50555), T0) is not None
+    assert service.receive(good, ("10.9.0.11", 50555), T0 + 1) is None  # replayed
+    assert service.receive(good, ("10.9.0.66", 50555), T0 + 2) is None  # replayed from elsewhere
+    assert service.received == 1
+    assert service.rejects.counts["replayed"] == 2
+    assert service.rejects.counts["bad signature"] == 1
+    assert service.rejects.counts["stale"] == 1
+
+
+def test_receive_drops_own_messages_quietly():
+    service = Sink([SECRET], "me")
+    own = protocol.encode(protocol.make_payload("HELLO", "me", "build0", "10.9.0.2", T0), SECRET)
+    assert service.receive(own, ("10.9.0.2", 50555), T0) is None
+    assert service.rejects.total == 0 and service.received == 0
+
+
+def test_send_signs_with_the_first_secret():
+    new, old = b"new-secret-0123456789", b"old-secret-0123456789"
+    service = Sink([new, old], "me")
+    sock = FakeSocket()
+    service.send(sock, protocol.make_payload("HELLO", "me", "build0", "10.9.0.2", T0),
+                 ("10.9.0.255", 50555))
+    [(data, address)] = sock.sent
+    assert address == ("10.9.0.255", 50555)
+    assert protocol.decode(data, [new], T0).node_id == "me"
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(data, [old], T0)
+    # A peer still on the old secret is heard during the rotation.
+    from_old = protocol.encode(protocol.make_payload("HELLO", "p", "b", "10.9.0.3", T0), old)
+    assert service.receive(from_old, ("10.9.0.3", 50555), T0) is not None
+
+
+def test_send_never_raises(caplog):
+    class BrokenSocket:
+        def sendto(self, data, address):
+            raise OSError(101, "Network is unreachable")
+    service = Sink([SECRET], "me")
+    with caplog.at_level(logging.WARNING):
+        service.send(BrokenSocket(), protocol.make_payload("HELLO", "me", "h", "10.9.0.2", T0),
+                     ("10.9.0.255", 50555))
+        sock = FakeSocket()
+        service.send(sock, protocol.make_payload("HELLO", "me", "h", "10.9.0.2", T0,
+                                                 pad="x" * 9000), ("10.9.0.255", 50555))
+    assert sock.sent == []
+    assert "Network is unreachable" in caplog.text and "oversized" in caplog.text
