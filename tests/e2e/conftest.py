@@ -1,0 +1,168 @@
+"""Fixtures for the end-to-end tests: booted Debian hosts (systemd-nspawn) on a private bridge.
+
+Each test module gets a `lab` per Debian release (bookworm: systemd 252, Python 3.11; trixie:
+systemd 257, Python 3.13; Ubuntu 24.04's 255/3.12 sit between them): a bridge on 10.78.K.0/24,
+a file server at .250 (the release tarball and a tiny apt repository) and containers created with
+`lab.hosts(...)`.  Everything is torn down when the module's tests are done, also on failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import e2e_harness as hx
+import e2e_rootfs
+
+RELEASES = os.environ.get("BUILD_HIVE_E2E_RELEASES", "bookworm trixie").split()
+DATA = Path(__file__).resolve().parent / "data"
+# Stand-ins for the default policy's packages, so the walkthrough really provisions its roles,
+# and the test policy's own packages.
+DEFAULT_POLICY_PACKAGES = ("ansible", "git", "openjdk-17-jdk", "maven", "build-essential",
+                           "python3-pytest", "nodejs", "npm")
+TEST_POLICY_PACKAGES = ("hive-e2e-tool", "hive-e2e-lib")
+MEASUREMENTS: dict[str, dict] = {}
+_lab_numbers = itertools.count(1)
+
+
+def measure(release: str, key: str, value) -> None:
+    """Keep a measured number for the summary at the end of the run."""
+    MEASUREMENTS.setdefault(release, {})[key] = value
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not MEASUREMENTS:
+        return
+    terminalreporter.section("build-hive e2e measurements")
+    for release, values in sorted(MEASUREMENTS.items()):
+        for key, value in sorted(values.items()):
+            terminalreporter.write_line(f"{release:9s} {key}: {value}")
+    out = Path(os.environ.get("BUILD_HIVE_E2E_RESULTS", "/var/tmp/build-hive-e2e-results.json"))
+    try:
+        out.write_text(json.dumps(MEASUREMENTS, indent=2, sort_keys=True) + "\n")
+        terminalreporter.write_line(f"(also in {out})")
+    except OSError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def e2e_dir():
+    if os.geteuid() != 0:
+        pytest.fail("the e2e tests boot systemd containers and need root: run them as root, as CI does")
+    for tool in ("systemd-nspawn", "nsenter", "ip", "debootstrap", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"the e2e tests need '{tool}' (apt-get install systemd-container "
+                        f"debootstrap iproute2 util-linux dpkg)")
+    path = hx.RUN_ROOT / str(os.getpid())
+    shutil.rmtree(path, ignore_errors=True)
+    (path / "www").mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def release_tarball(e2e_dir) -> Path:
+    """scripts/make-release's tarball, served by every lab's file server under /."""
+    out = subprocess.run([str(hx.REPO / "scripts/make-release"), "--out", str(e2e_dir / "www")],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def apt_repo(e2e_dir) -> Path:
+    repo = e2e_dir / "www" / "apt"
+    repo.mkdir()
+    for name in DEFAULT_POLICY_PACKAGES + TEST_POLICY_PACKAGES:
+        hx.build_deb(name, repo)
+    hx.write_flat_repo_index(repo)
+    return repo
+
+
+class Lab:
+    """One release's lab: network, file server and the containers of one test module."""
+
+    def __init__(self, release: str, rootfs: Path, number: int, workdir: Path) -> None:
+        self.release = release
+        self.rootfs = rootfs
+        self.workdir = workdir
+        self.net = hx.LabNet(f"hve2e{number}", f"10.78.{number}")
+        self.containers: dict[str, hx.Container] = {}
+        self.server: hx.FileServer | None = None
+
+    def serve(self, directory: Path) -> None:
+        self.server = hx.FileServer(self.net, 250, directory)
+
+    @property
+    def apt_source(self) -> str:
+        return f"deb [trusted=yes] {self.server.url}/apt ./\n"
+
+    def hosts(self, *names_octets: tuple[str, int], boot: bool = True) -> list[hx.Container]:
+        """Create containers (name, last octet), boot them all at once, wait until booted."""
+        created = []
+        for name, octet in names_octets:
+            host = hx.Container(self.net, self.rootfs, name, octet, self.workdir)
+            self.containers[name] = host
+            host.write("/etc/apt/sources.list.d/build-hive-e2e.list", self.apt_source)
+            created.append(host)
+        if boot:
+            for host in created:
+                host.boot()
+            for host in created:
+                host.wait_booted()
+        return created
+
+    def diagnostics(self) -> str:
+        return "\n".join(host.diagnostics() for host in self.containers.values())
+
+    def teardown(self) -> None:
+        for host in self.containers.values():
+            try:
+                host.destroy()
+            except Exception as exc:  # keep tearing down the rest
+                print(f"teardown of {host.name}: {exc}")
+        if self.server is not None:
+            self.server.stop()
+        self.net.teardown()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=RELEASES)
+def lab(request, e2e_dir, release_tarball, apt_repo):
+    release = request.param
+    started = time.monotonic()
+    rootfs = e2e_rootfs.build(release)
+    number = next(_lab_numbers)
+    the_lab = Lab(release, rootfs, number, e2e_dir / f"lab{number}")
+    try:
+        the_lab.serve(e2e_dir / "www")
+        yield the_lab
+    finally:
+        the_lab.teardown()
+    measure(release, f"module {request.module.__name__} (s)", round(time.monotonic() - started, 1))
+
+
+@pytest.fixture
+def diagnose(request, lab):
+    """On failure, print every container's services, journal and state files."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(lab.diagnostics())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def policy_text() -> str:
+    return (DATA / "e2e_policy.py").read_text()
