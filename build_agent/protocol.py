@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
-import hashlib
-import hmac
 import ipaddress
 import json
 import re
@@ -22,6 +20,36 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from . import timing
+
+# HMAC-SHA256 is built here on the interpreter's built-in SHA-256 rather than imported from
+# hmac/hashlib: those load OpenSSL, which costs each daemon about 4 MB of resident memory.
+try:
+    from _sha2 import sha256 as _sha256  # Python 3.12+
+except ImportError:
+    try:
+        from _sha256 import sha256 as _sha256  # Python 3.11
+    except ImportError:  # an interpreter without the built-in module
+        from hashlib import sha256 as _sha256
+try:
+    from _operator import _compare_digest as compare_digest  # what hmac.compare_digest is
+except ImportError:
+    from hmac import compare_digest
+
+_BLOCK = 64
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def hmac_sha256(key: bytes, message: bytes) -> str:
+    """RFC 2104 HMAC with SHA-256, as lowercase hex (identical to hmac.new(...).hexdigest())."""
+    if len(key) > _BLOCK:
+        key = _sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    inner = _sha256(key.translate(_IPAD))
+    inner.update(message)
+    outer = _sha256(key.translate(_OPAD))
+    outer.update(inner.digest())
+    return outer.hexdigest()
 
 MAGIC = "BUILD/HELLO/v1"
 MAX_DATAGRAM = 8192
@@ -277,7 +305,7 @@ def canonical(payload: dict) -> bytes:
 
 
 def sign(payload: dict, secret: bytes) -> str:
-    return hmac.new(secret, canonical(payload), hashlib.sha256).hexdigest()
+    return hmac_sha256(secret, canonical(payload))
 
 
 def make_payload(kind: str, node_id: str, hostname: str, primary_ip: str, now: float,
@@ -340,7 +368,7 @@ def verify(payload: dict, sig: str, secrets: Sequence[bytes]) -> None:
     except (ValueError, RecursionError, TypeError):
         raise ProtocolError("bad signature") from None
     for secret in secrets:
-        if hmac.compare_digest(hmac.new(secret, body, hashlib.sha256).hexdigest(), sig):
+        if compare_digest(hmac_sha256(secret, body), sig):
             return
     raise ProtocolError("bad signature")
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,13 @@ LOG = logging.getLogger(__name__)
 IDENTITY_KEYS = ("role", "packages", "config", "assigned_by", "assigned_at")
 
 
-def write_json_atomic(path: Path | str, data: Any, mode: int = 0o644) -> None:
-    """Write JSON (sorted keys, two-space indent, trailing newline) atomically."""
+def write_text_atomic(path: Path | str, text: str, mode: int = 0o644) -> None:
+    """Replace a file's content atomically: a temporary file beside it, fsync, os.replace."""
     path = Path(path)
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A private temporary name (O_EXCL), made here rather than with tempfile, which would cost
+    # the daemons memory for modules they need nowhere else.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -37,6 +37,11 @@ def write_json_atomic(path: Path | str, data: Any, mode: int = 0o644) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_json_atomic(path: Path | str, data: Any, mode: int = 0o644) -> None:
+    """Write JSON (sorted keys, two-space indent, trailing newline) atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
 
 def read_json(path: Path | str) -> Any:
@@ -73,13 +78,18 @@ def load_or_create_node_id(path: Path | str) -> str:
             return value
     except FileNotFoundError:
         pass
-    value = str(uuid.uuid4())
-    fd, tmp = tempfile.mkstemp(prefix=".node_id.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    value = new_uuid4()
+    write_text_atomic(path, value + "\n")
     return value
+
+
+def new_uuid4() -> str:
+    """A random (version 4) UUID string, as uuid.uuid4() makes, without importing uuid."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def read_node_id(path: Path | str) -> str | None:
