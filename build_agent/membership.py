@@ -169,9 +169,12 @@ class Membership:
             except ProtocolError:
                 last_seen = now
             interval = entry.get("interval") or self.default_interval
+            capabilities = entry.get("capabilities") or {}
+            if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+                    or not isinstance(capabilities, dict):
+                continue  # a malformed entry (hand-edited file): skip it, never raise
             member = Member(node_id, str(entry.get("hostname", "?")), str(entry.get("ip", "?")),
-                            role, min(last_seen, now), float(interval),
-                            entry.get("capabilities") or {})
+                            role, min(last_seen, now), float(interval), capabilities)
             if member.deadline() > now:
                 self.members[node_id] = member
                 changed = True
