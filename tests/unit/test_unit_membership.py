@@ -289,3 +289,12 @@ def test_merged_members_expire_like_others(ms):
     ms.merge([entry(A, last_seen=T0, interval=2.0)], T0)
     assert not ms.expire(T0 + 5.9)
     assert ms.expire(T0 + 6)
+
+
+@pytest.mark.parametrize("bad", [{"interval": "abc"}, {"interval": [1]}, {"interval": True},
+                                 {"interval": -5}, {"capabilities": [1, 2]},
+                                 {"capabilities": "gpu"}])
+def test_merge_skips_malformed_entries_without_raising(ms, bad):
+    # peers.json is a file: a hand-edited or foreign one must not break the advisor.
+    assert ms.merge([{**entry(A), **bad}, entry(B)], T0 + 1) is True
+    assert set(ms.members) == {B}
