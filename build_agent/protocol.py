@@ -422,14 +422,17 @@ class ReplayGuard:
         self._expire(now)
         if message.sig in self._seen:
             return True
-        self._seen[message.sig] = now + 2 * self.window
+        # After ts + window, decode() refuses the message as stale: no need to remember it.
+        self._seen[message.sig] = message.ts + self.window
         while len(self._seen) > self.size:
             self._seen.popitem(last=False)
         return False
 
     def _expire(self, now: float) -> None:
+        # Entries are in arrival order, so expiries are only roughly sorted: stop at the first
+        # live one; a later, already expired entry is dropped on a later call or by the bound.
         while self._seen:
-            sig, expiry = next(iter(self._seen.items()))
+            expiry = next(iter(self._seen.values()))
             if expiry > now:
                 break
             self._seen.popitem(last=False)

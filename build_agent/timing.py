@@ -4,7 +4,7 @@
 # (the DNS TSIG and Kerberos default clock skew).
 MAX_CLOCK_SKEW = 300.0
 # How many recently seen signatures the replay cache remembers (oldest forgotten first).
-REPLAY_CACHE_SIZE = 16384
+REPLAY_CACHE_SIZE = 8192
 
 # Discovery: HELLO is broadcast at these offsets from the start of discovery.
 HELLO_SCHEDULE = (0.0, 0.25, 0.75)
