@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from build_agent import protocol
@@ -148,3 +151,19 @@ def test_service_receive_never_raises(data):
     assert service.receive(data, ("10.0.0.9", 50555), T0) is None
     assert service.rejects.total == 1
 
+
+
+# --- the hand-built HMAC-SHA256 equals the standard library's ---------------------------------
+
+@pytest.mark.parametrize("key_len", [0, 1, 16, 63, 64, 65, 128, 1000])
+def test_hmac_sha256_matches_hmac_module_for_every_key_length(key_len):
+    key = bytes(range(256))[:key_len] if key_len <= 256 else b"k" * key_len
+    for message in (b"", b"x", b'{"kind":"HELLO"}', bytes(range(256)) * 40):
+        assert protocol.hmac_sha256(key, message) == \
+            hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+@FUZZ
+@given(st.binary(max_size=200), st.binary(max_size=2000))
+def test_hmac_sha256_matches_hmac_module(key, message):
+    assert protocol.hmac_sha256(key, message) == hmac.new(key, message, hashlib.sha256).hexdigest()

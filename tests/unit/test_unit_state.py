@@ -206,3 +206,19 @@ def test_node_id_survives_identity_reset(tmp_path):
     state.write_json_atomic(identity_path, IDENTITY)
     identity_path.unlink()  # what `hive reset` does
     assert state.load_or_create_node_id(node_path) == first
+
+
+def test_new_uuid4_is_a_random_version_4_uuid():
+    values = {state.new_uuid4() for _ in range(200)}
+    assert len(values) == 200
+    for value in values:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_write_text_atomic_leaves_no_temporary_file(tmp_path, umask_077):
+    state.write_text_atomic(tmp_path / "x.txt", "hello\n")
+    assert (tmp_path / "x.txt").read_text() == "hello\n"
+    assert mode_of(tmp_path / "x.txt") == 0o644
+    assert os.listdir(tmp_path) == ["x.txt"]
