@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 
 import pytest
@@ -221,8 +223,6 @@ def test_nan_and_infinity_constants_are_rejected(constant):
     payload = base(load=0.5)
     text = datagram(payload).decode().replace('"load":0.5', f'"load":{constant}')
     signed_text = protocol.canonical(payload).decode().replace('"load":0.5', f'"load":{constant}')
-    import hashlib
-    import hmac
     sig = hmac.new(SECRET, signed_text.encode(), hashlib.sha256).hexdigest()
     text = text.replace(protocol.sign(payload, SECRET), sig)
     assert constant in text
