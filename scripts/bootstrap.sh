@@ -143,8 +143,9 @@ probe_range() {
 # --- the hive: candidate addresses announced by other members ------------------------------------
 
 # The Python side (standard library + this release's build_agent), fed by fixed arguments.
+# It execs, so call it only in a subshell: $(...) or in the background (then $! is python).
 hive_helper() {
-    PYTHONPATH=$CODE_DIR PYTHONDONTWRITEBYTECODE=1 python3 - "$@" <<'PY'
+    PYTHONPATH=$CODE_DIR PYTHONDONTWRITEBYTECODE=1 exec python3 - "$@" <<'PY'
 import json, socket, sys, time
 from build_agent import protocol, state
 from build_agent.config import ConfigError, load_config, load_secrets, secret_path
@@ -226,7 +227,7 @@ start_listener() {  # SECONDS
     fi
     ANNOUNCED_FILE="$WORK/announced"
     : > "$ANNOUNCED_FILE"
-    hive_helper listen "$CONFIG_FILE" "$1" "$ANNOUNCED_FILE" "$ADDRESS" 2>/dev/null &
+    hive_helper listen "$CONFIG_FILE" "$1" "$ANNOUNCED_FILE" "$ADDRESS" >/dev/null 2>&1 &
     LISTENER=$!
     local deadline=$((SECONDS + 5))
     until grep -q '^ready' "$ANNOUNCED_FILE"; do
@@ -304,7 +305,7 @@ claim() {
         n=$(ip_to_int "$candidate")
         if [ "$HIVE" -eq 1 ]; then
             # Tell the hive which address we are about to take, then give others time to object.
-            hive_helper announce "$CONFIG_FILE" "$candidate" "$ADDRESS" "$BROADCAST" 8 2>/dev/null &
+            hive_helper announce "$CONFIG_FILE" "$candidate" "$ADDRESS" "$BROADCAST" 8 >/dev/null 2>&1 &
             ANNOUNCER=$!
             sleep "$CLAIM_SETTLE"
             if announced "$candidate" beats-me; then
