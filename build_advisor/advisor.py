@@ -14,7 +14,7 @@ import time
 from typing import Callable, Sequence
 
 from build_agent import state, timing
-from build_agent.config import Config, ConfigError, load_secrets, secret_path
+from build_agent.config import Config
 from build_agent.daemon import Service
 from build_agent.membership import Member, Membership
 from build_agent.netif import Interface
@@ -33,8 +33,7 @@ def member_view(member: Member) -> dict:
 class Advisor(Service):
     def __init__(self, config: Config, secrets: Sequence[bytes], iface: Interface, hostname: str,
                  policy: Policy, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(secrets, state.read_node_id(config.node_id_path), clock)
-        self.config = config
+        super().__init__(config, secrets, state.read_node_id(config.node_id_path), clock)
         self.iface = iface
         self.hostname = hostname
         self.policy = policy
@@ -102,10 +101,3 @@ class Advisor(Service):
             self.node_id = state.read_node_id(self.config.node_id_path)
         return min(self.membership.next_deadline(),
                    now + timing.PEERS_FILE_POLL if self.node_id is None else float("inf"))
-
-    def reload(self) -> None:
-        try:
-            self.secrets = load_secrets(secret_path(self.config))
-            LOG.info("Reloaded the shared secret (%d secret(s))", len(self.secrets))
-        except ConfigError as exc:
-            LOG.error("Reload failed, keeping the old secret: %s", exc)

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 from typing import Callable
 
+from build_agent.config import ConfigError
 from build_agent.protocol import is_valid_package, is_valid_role
 
 LOG = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ RUNNER = {"role": "runner", "packages": ["python3-pytest", "nodejs", "npm"], "co
           "reason": "have builders, need test runners"}
 
 
-class PolicyError(Exception):
+class PolicyError(ConfigError):
     """A policy file that cannot be used: the message says what is wrong."""
 
 

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
 from . import consensus, provision, state, timing
-from .config import Config, ConfigError, load_secrets, secret_path
+from .config import Config
 from .daemon import Service
 from .membership import Membership, join_order_key
 from .netif import Interface
@@ -38,8 +38,7 @@ class Agent(Service):
                  hostname: str, capabilities: dict | None = None,
                  clock: Callable[[], float] = time.time,
                  installer: Callable[[Sequence[str]], str | None] = provision.install) -> None:
-        super().__init__(secrets, node_id, clock)
-        self.config = config
+        super().__init__(config, secrets, node_id, clock)
         self.iface = iface
         self.hostname = hostname
         self.capabilities = capabilities if capabilities is not None else caps_mod.detect()
@@ -338,13 +337,6 @@ class Agent(Service):
             self.peers_dirty = False
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def reload(self) -> None:
-        try:
-            self.secrets = load_secrets(secret_path(self.config))
-            LOG.info("Reloaded the shared secret (%d secret(s))", len(self.secrets))
-        except ConfigError as exc:
-            LOG.error("Reload failed, keeping the old secret: %s", exc)
-
     def shutdown(self) -> None:
         LOG.info("Leaving the hive")
         for _ in range(2):  # a goodbye so peers drop us at once; twice in case one is lost

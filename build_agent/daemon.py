@@ -17,6 +17,7 @@ import time
 from typing import Callable, Sequence
 
 from . import protocol
+from .config import Config, ConfigError, load_config, load_secrets, secret_path
 from .protocol import Message, ProtocolError, ReplayGuard, RejectCounter
 
 LOG = logging.getLogger(__name__)
@@ -83,8 +84,9 @@ class Service:
 
     max_batch = 64  # datagrams read per wake-up before timers get a turn
 
-    def __init__(self, secrets: Sequence[bytes], node_id: str | None,
+    def __init__(self, config: Config, secrets: Sequence[bytes], node_id: str | None,
                  clock: Callable[[], float] = time.time) -> None:
+        self.config = config
         self.secrets = list(secrets)
         self.node_id = node_id
         self.clock = clock
@@ -102,7 +104,12 @@ class Service:
         raise NotImplementedError
 
     def reload(self) -> None:
-        """SIGHUP: subclasses re-read what they can (the secret at least)."""
+        """SIGHUP: re-read the secret file (a rotation); keep the old secrets if it is unusable."""
+        try:
+            self.secrets = load_secrets(secret_path(self.config))
+            LOG.info("Reloaded the shared secret (%d secret(s))", len(self.secrets))
+        except ConfigError as exc:
+            LOG.error("Reload failed, keeping the old secret: %s", exc)
 
     def shutdown(self) -> None:
         """Called once when the loop ends."""
@@ -213,6 +220,34 @@ def _drain(service: Service, sock: socket.socket) -> None:
             LOG.exception("Error while handling %s from %s", message.kind, source[0])
 
 
-def add_config_argument(parser) -> None:
+# build(config, secrets, interface) -> (service, its bound sockets)
+Builder = Callable[..., "tuple[Service, list[socket.socket]]"]
+
+
+def main(prog: str, description: str, argv: Sequence[str] | None, build: Builder) -> int:
+    """The start of both daemons: options, logging, config, secret, interface, then ``build``
+    makes the service and its bound sockets.  A user error is one logged line and exit 1."""
+    import argparse
+
+    from .netif import NetworkError, find_interface
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", default=None,
                         help="hive.toml (default /etc/build/hive.toml; missing means defaults)")
+    args = parser.parse_args(argv)
+    setup_logging("info")
+    try:
+        config = load_config(args.config)
+        setup_logging(config.log_level)
+        secrets = load_secrets(secret_path(config))
+        iface = find_interface(config.interface)
+        service, sockets = build(config, secrets, iface)
+    except (ConfigError, NetworkError) as exc:
+        LOG.error("%s: %s", prog, exc)
+        return 1
+    except PermissionError as exc:
+        LOG.error("%s: permission denied on %s: run it as root (or through systemd)", prog,
+                  exc.filename)
+        return 1
+    notify("READY=1", f"STATUS={prog} listening on {iface.address}:{config.port}")
+    return run(service, sockets)

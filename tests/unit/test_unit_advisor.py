@@ -230,7 +230,7 @@ GARBAGE = [b"", b"\xff" * 50, b"{}", b"[]", b"null", b"{" * 5000, b'{"magic":"BU
 
 
 def test_receive_never_raises_on_garbage(caplog):
-    service = Sink([SECRET], "me")
+    service = Sink(None, [SECRET], "me")
     with caplog.at_level(logging.DEBUG, logger="build_agent.daemon"):
         for data in GARBAGE:
             assert service.receive(data, ("10.9.0.66", 50555), T0) is None
@@ -241,7 +241,7 @@ def test_receive_never_raises_on_garbage(caplog):
 
 
 def test_receive_drops_wrong_secret_stale_and_replayed():
-    service = Sink([SECRET], "me")
+    service = Sink(None, [SECRET], "me")
     good = protocol.encode(protocol.make_payload("HELLO", "peer-1", "build1", "10.9.0.11", T0),
                            SECRET)
     other = protocol.encode(protocol.make_payload("HELLO", "peer-1", "build1", "10.9.0.11", T0),
@@ -258,7 +258,7 @@ def test_receive_drops_wrong_secret_stale_and_replayed():
 
 
 def test_receive_drops_own_messages_quietly():
-    service = Sink([SECRET], "me")
+    service = Sink(None, [SECRET], "me")
     own = protocol.encode(protocol.make_payload("HELLO", "me", "build0", "10.9.0.2", T0), SECRET)
     assert service.receive(own, ("10.9.0.2", 50555), T0) is None
     assert service.rejects.total == 0 and service.received == 0
@@ -266,7 +266,7 @@ def test_receive_drops_own_messages_quietly():
 
 def test_send_signs_with_the_first_secret():
     new, old = b"new-secret-0123456789", b"old-secret-0123456789"
-    service = Sink([new, old], "me")
+    service = Sink(None, [new, old], "me")
     sock = FakeSocket()
     service.send(sock, protocol.make_payload("HELLO", "me", "build0", "10.9.0.2", T0),
                  ("10.9.0.255", 50555))
@@ -284,7 +284,7 @@ def test_send_never_raises(caplog):
     class BrokenSocket:
         def sendto(self, data, address):
             raise OSError(101, "Network is unreachable")
-    service = Sink([SECRET], "me")
+    service = Sink(None, [SECRET], "me")
     with caplog.at_level(logging.WARNING):
         service.send(BrokenSocket(), protocol.make_payload("HELLO", "me", "h", "10.9.0.2", T0),
                      ("10.9.0.255", 50555))
