@@ -79,6 +79,7 @@ class Host:
     procs: dict = field(default_factory=dict)  # "agent" / "advisor" / "serf" -> Popen
     started: dict = field(default_factory=dict)  # same keys -> time.time() just before start
     rpc: SerfRPC | None = None
+    serf_name: str = ""  # the Serf node name of the current agent (a fresh one per new node)
     # peers.json cache: (mtime_ns, size) -> set of alive peer hostnames
     _peers_key: tuple | None = None
     _peers: set = field(default_factory=set)
@@ -145,6 +146,7 @@ class Lab:
                         HIVE_LAB_PYTHON=python, HIVE_LAB_LOG_LEVEL="info")
         self.env.pop("HIVE_LAB_POLICY", None)
         self.broadcast = f"{subnet}.255"
+        self.serf_starts = 0
 
     # --- the lab itself ------------------------------------------------------------------------
     def _hive_lab(self, *args: str, timeout: float = 120) -> str:
@@ -244,10 +246,15 @@ class Lab:
         host._peers_key, host._peers = None, set()
 
     # --- Serf ----------------------------------------------------------------------------------
-    def start_serf(self, host: Host, join: Host | None) -> float:
+    def start_serf(self, host: Host, join: Host | None, fresh: bool = False) -> float:
+        """Start Serf on host, joining ``join``.  fresh: a brand-new node name (buildI-N), as a
+        new server would have; otherwise the host's last name (a restart of the same node)."""
         if host.running("serf"):
             return host.started["serf"]
-        argv = ["ip", "netns", "exec", host.ns, SERF_BIN, "agent", f"-node={host.name}",
+        if fresh or not host.serf_name:
+            self.serf_starts += 1
+            host.serf_name = host.name if not fresh else f"{host.name}-{self.serf_starts}"
+        argv = ["ip", "netns", "exec", host.ns, SERF_BIN, "agent", f"-node={host.serf_name}",
                 f"-bind={host.ip}:{SERF_PORT}", f"-rpc-addr=127.0.0.1:{SERF_RPC_PORT}",
                 "-log-level=warn"]
         if self.serf_key:
@@ -407,5 +414,46 @@ def serf_key() -> str:
 
 
 def python_for_daemons() -> str:
-    """The interpreter the daemons run on: this one, resolved (no pyenv shim in between)."""
+    """The interpreter the daemons run on: /usr/bin/python3, as the systemd units do (else this
+    one, resolved, so no pyenv-style shim sits between the start and the daemon)."""
+    if os.access("/usr/bin/python3", os.X_OK):
+        return "/usr/bin/python3"
     return os.path.realpath(sys.executable)
+
+
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+
+
+def first_log_time(path: Path, offset: int, pattern: str) -> float | None:
+    """Epoch time of the first line at/after offset that contains pattern (the daemons log
+    'YYYY-MM-DD HH:MM:SS,mmm' in local time when not under journald)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            for raw in handle:
+                line = raw.decode("utf-8", "replace")
+                if pattern in line:
+                    match = LOG_TIME.match(line)
+                    if not match:
+                        return None
+                    return time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) \
+                        + int(match.group(2)) / 1000
+    except OSError:
+        return None
+    return None
+
+
+def log_size(path: Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def log_tail(path: Path, words=("[ERR]", "[WARN]", "ERROR", "WARNING", "Traceback"), lines: int = 4
+             ) -> list[str]:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line.strip()[:200] for line in text if any(w in line for w in words)][-lines:]

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .lab import Host, Lab, cpu_seconds, rss_mb
+from .lab import Host, Lab, cpu_seconds, first_log_time, log_size, log_tail, rss_mb
 from .netns import socket_in
 from . import wire
 
@@ -64,8 +64,8 @@ def ours_lists(observer: Host, target: Host) -> bool:
 
 
 def serf_lists(lab: Lab, observer: Host, target: Host) -> bool | None:
-    names = lab.serf_alive(observer, f"^{target.name}$")
-    return None if names is None else target.name in names
+    names = lab.serf_alive(observer, f"^{target.serf_name}$")
+    return None if names is None else target.serf_name in names
 
 
 def wait_ours_converged(hosts: list[Host], timeout: float) -> bool:
@@ -94,7 +94,7 @@ def wait_serf_converged(lab: Lab, hosts: list[Host], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         live = [h for h in hosts if h.running("serf")]
-        names = {h.name for h in live}
+        names = {h.serf_name for h in live}
         if all((lab.serf_alive(h) or set()) >= names for h in live):
             return True
         time.sleep(0.1)
@@ -103,7 +103,7 @@ def wait_serf_converged(lab: Lab, hosts: list[Host], timeout: float) -> bool:
 
 def wait_serf_gone(lab: Lab, observers: list[Host], targets: list[Host], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    names = {t.name for t in targets}
+    names = {t.serf_name for t in targets}
     while time.monotonic() < deadline:
         views = [lab.serf_alive(o) for o in observers if o.running("serf")]
         if all(v is not None and not (names & v) for v in views):
@@ -135,8 +135,8 @@ def grow(lab: Lab, new: list[Host], seed: Host, log, serf: bool = True) -> list[
             log(f"  warning: {host.name} has no identity after 30 s (see {host.dir}/agent.log)")
         identity = host.identity() or {}
         roles.append(identity.get("role", "(none)"))
-        if serf:
-            lab.start_serf(host, seed)
+        if serf:  # a host whose earlier Serf node left comes back as a new node (new name)
+            lab.start_serf(host, seed, fresh=bool(host.serf_name))
     return roles
 
 
@@ -164,7 +164,7 @@ def founder(lab: Lab, host: Host, samples: int, serf_samples: int, log) -> dict:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             names = lab.serf_alive(host)
-            if names and host.name in names:
+            if names and host.serf_name in names:
                 seen = time.time() - t0
                 break
             time.sleep(POLL)
@@ -179,6 +179,7 @@ def founder(lab: Lab, host: Host, samples: int, serf_samples: int, log) -> dict:
 def join_ours_once(lab: Lab, joiner: Host, members: list[Host], timeout: float = 30) -> dict:
     """Start a brand-new node; time to identity, to being listed by every member, to leaving."""
     lab.wipe_state(joiner)
+    log_at = log_size(joiner.dir / "agent.log")
     t0 = lab.start_ours(joiner)
     join = None
     seen: dict[int, float] = {}
@@ -197,6 +198,9 @@ def join_ours_once(lab: Lab, joiner: Host, members: list[Host], timeout: float =
         time.sleep(POLL)
     converge = max(seen.values()) if len(seen) == len(members) else None
     role = (joiner.identity() or {}).get("role")
+    # the interpreter's start-up (imports, sockets) ends at the agent's first log line
+    up = first_log_time(joiner.dir / "agent.log", log_at, "build-agent")
+    startup = up - t0 if up is not None and join is not None and -0.01 < up - t0 < join else None
     # graceful leave: SIGTERM, then gone from every member's peers.json
     t1 = lab.signal_ours(joiner, signal.SIGTERM, wait=0)
     gone = None
@@ -210,12 +214,12 @@ def join_ours_once(lab: Lab, joiner: Host, members: list[Host], timeout: float =
     lab.wipe_state(joiner)
     if gone is None:
         wait_ours_gone(members, [joiner], 40)
-    return {"join": join, "converge": converge, "leave": gone, "role": role}
+    return {"join": join, "converge": converge, "leave": gone, "role": role, "startup": startup}
 
 
 def join_serf_once(lab: Lab, joiner: Host, members: list[Host], seed: Host,
                    timeout: float = 30) -> dict:
-    t0 = lab.start_serf(joiner, seed)
+    t0 = lab.start_serf(joiner, seed, fresh=True)  # a new server: a new node name
     size = len(members) + 1
     join = None
     seen: dict[int, float] = {}
@@ -259,6 +263,7 @@ def join_series(lab: Lab, joiner: Host, members: list[Host], seed: Host, samples
         "ours_converge_s": stats([r["converge"] for r in ours]),
         "ours_leave_s": stats([r["leave"] for r in ours]),
         "ours_roles": [r["role"] for r in ours],
+        "ours_startup_s": stats([r["startup"] for r in ours]),
         "serf_join_s": stats([r["join"] for r in serf]),
         "serf_converge_s": stats([r["converge"] for r in serf]),
         "serf_leave_s": stats([r["leave"] for r in serf]),
@@ -305,8 +310,8 @@ def failure_round(lab: Lab, hosts: list[Host], ours_victims: list[Host],
     # restore: the same nodes come back (ours keep their identity)
     for v in ours_victims:
         lab.start_ours(v)
-    for v in serf_victims:
-        lab.start_serf(v, seed if v is not seed else None)
+    for v in serf_victims:  # a crashed node restarts under its name; one that left, as new
+        lab.start_serf(v, seed if v is not seed else None, fresh=graceful)
     wait_ours_converged(hosts, 30)
     wait_serf_converged(lab, hosts, 45)
     return {"ours": [gone.get(("ours", v.index)) for v in ours_victims],
@@ -444,9 +449,13 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
     for _ in range(rounds):
         t0 = time.time()
         for j in joiners:
-            lab.start_serf(j, seed)
+            lab.start_serf(j, seed, fresh=True)
         ok = wait_serf_converged(lab, everyone, 60)
-        serf_rounds.append({"all_see_all_s": round(time.time() - t0, 3) if ok else None})
+        took = time.time() - t0
+        serf_rounds.append({"all_see_all_s": round(took, 3) if ok else None})
+        if not ok or took > 5:  # say why: Serf's own warnings (e.g. a failed first join attempt)
+            serf_rounds[-1]["serf_log"] = {j.name: log_tail(j.dir / "serf.log") for j in joiners
+                                           if log_tail(j.dir / "serf.log")}
         for j in joiners:
             lab.signal_serf(j, signal.SIGINT, wait=0)
         for j in joiners:
