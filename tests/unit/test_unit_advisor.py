@@ -12,6 +12,7 @@ from build_advisor.advisor import Advisor
 from build_advisor import policy as policy_mod
 from build_advisor.policy import default_suggest_role, load_policy
 from build_agent import protocol, state
+from build_agent.agent import Agent
 from build_agent.daemon import Service
 from hive_fakes import SECRET, T0, FakeSocket
 
@@ -293,3 +294,51 @@ def test_send_never_raises(caplog):
                                                  pad="x" * 9000), ("10.9.0.255", 50555))
     assert sock.sent == []
     assert "Network is unreachable" in caplog.text and "oversized" in caplog.text
+
+
+# --- SIGHUP: secret rotation -----------------------------------------------------------------------
+
+def _write_secret(path, text, mode=0o600):
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def test_reload_reads_the_rotated_secret_file(config, caplog, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    new, old = b"new-secret-0123456789", b"old-secret-0123456789"
+    service = Sink(config, [old], "me")
+    _write_secret(Path(config.secret_file), f"{new.decode()}\n{old.decode()}\n")
+    with caplog.at_level(logging.INFO):
+        service.reload()
+    assert service.secrets == [new, old]
+    assert "Reloaded the shared secret (2 secret(s))" in caplog.text
+    # Now it signs with the new secret and still hears nodes on the old one.
+    sock = FakeSocket()
+    service.send(sock, protocol.make_payload("HELLO", "me", "h", "10.9.0.2", T0), ("x", 1))
+    assert protocol.decode(sock.sent[0][0], [new], T0)
+    from_old = protocol.encode(protocol.make_payload("HELLO", "p", "b", "10.9.0.3", T0), old)
+    assert service.receive(from_old, ("10.9.0.3", 50555), T0) is not None
+
+
+@pytest.mark.parametrize("text, mode", [("new-secret-0123456789\n", 0o644), ("short\n", 0o600),
+                                        ("", 0o600), (None, None)])
+def test_reload_keeps_the_old_secret_when_the_file_is_unusable(config, caplog, monkeypatch,
+                                                              text, mode):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    if text is not None:
+        _write_secret(Path(config.secret_file), text, mode)
+    service = Sink(config, [SECRET], "me")
+    with caplog.at_level(logging.ERROR):
+        service.reload()
+    assert service.secrets == [SECRET]
+    assert "Reload failed, keeping the old secret" in caplog.text
+
+
+def test_agent_and_advisor_reload_the_secret(make_advisor, config, iface, clock, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    _write_secret(Path(config.secret_file), "rotated-secret-0123456789\n")
+    advisor = make_advisor()
+    agent = Agent(config, [SECRET], iface, "n1", "build1", capabilities={}, clock=clock)
+    for service in (agent, advisor):
+        service.reload()
+        assert service.secrets == [b"rotated-secret-0123456789"]

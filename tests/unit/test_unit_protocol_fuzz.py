@@ -147,7 +147,7 @@ class _Sink(Service):
 @given(st.binary(max_size=300) | payloads.map(
     lambda p: dumps({"magic": MAGIC, "payload": p, "sig": "é" * 64})))
 def test_service_receive_never_raises(data):
-    service = _Sink([SECRET], "me")
+    service = _Sink(None, [SECRET], "me")
     assert service.receive(data, ("10.0.0.9", 50555), T0) is None
     assert service.rejects.total == 1
 
