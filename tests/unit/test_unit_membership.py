@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from build_agent import protocol, timing
 from build_agent.membership import Membership, join_order_key
@@ -298,3 +299,40 @@ def test_merge_skips_malformed_entries_without_raising(ms, bad):
     # peers.json is a file: a hand-edited or foreign one must not break the advisor.
     assert ms.merge([{**entry(A), **bad}, entry(B)], T0 + 1) is True
     assert set(ms.members) == {B}
+
+
+# --- invariants under any sequence of messages ---------------------------------------------------
+
+_events = st.lists(st.tuples(
+    st.sampled_from(["HELLO", "WELCOME", "IDENTIFY", "STATUS", "HEARTBEAT"]),
+    st.sampled_from([A, B, C, D]),
+    st.sampled_from([None, "builder", "runner"]),
+    st.sampled_from(["active", "joining", "leaving"]),
+    st.floats(min_value=0, max_value=20),          # time passing before the event
+    st.floats(min_value=-2, max_value=2),          # the sender's clock offset
+    st.sampled_from([None, 1, 5])), max_size=25)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(_events)
+def test_membership_invariants(events):
+    ms = Membership(default_interval=10.0)
+    now = T0
+    for kind, node, role, state_name, wait, skew, interval in events:
+        now += wait
+        fields = {"state": state_name} if kind in ("STATUS", "HEARTBEAT") else {}
+        if kind == "HEARTBEAT":
+            fields["identity"] = {"role": role}
+        elif kind != "IDENTIFY":
+            fields["role"] = role
+        if interval is not None and kind in ("STATUS", "HEARTBEAT"):
+            fields["interval"] = interval
+        ms.observe(msg(kind, node, now + skew, **fields), "10.0.0.1", now)
+        ms.expire(now)
+        assert not set(ms.members) & set(ms.joiners)  # never both a member and a joiner
+        assert all(m.deadline() > now for m in ms.members.values())
+        assert all(now - j.last_heard < timing.JOINING_PEER_TIMEOUT for j in ms.joiners.values())
+        assert all(m.role for m in ms.members.values())
+        if state_name == "leaving" and kind in ("STATUS", "HEARTBEAT"):
+            assert node not in ms.members and node not in ms.joiners
+        assert ms.next_deadline() > now
