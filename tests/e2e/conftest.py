@@ -28,6 +28,8 @@ DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_POLICY_PACKAGES = ("ansible", "git", "openjdk-17-jdk", "maven", "build-essential",
                            "python3-pytest", "nodejs", "npm")
 TEST_POLICY_PACKAGES = ("hive-e2e-tool", "hive-e2e-lib")
+# Real packages (from the rootfs's debootstrap cache) that a test removes for install.sh to bring back.
+PREREQ_DEBS = ("jq", "arping")
 MEASUREMENTS: dict[str, dict] = {}
 _lab_numbers = itertools.count(1)
 
@@ -76,11 +78,19 @@ def release_tarball(e2e_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def apt_repo(e2e_dir) -> Path:
-    repo = e2e_dir / "www" / "apt"
+def standin_debs(e2e_dir) -> list[Path]:
+    """Tiny .debs named like the default policy's and the test policy's packages."""
+    out = e2e_dir / "debs"
+    out.mkdir()
+    return [hx.build_deb(name, out) for name in DEFAULT_POLICY_PACKAGES + TEST_POLICY_PACKAGES]
+
+
+def make_apt_repo(www: Path, release: str, standins: list[Path]) -> Path:
+    """www/apt-RELEASE: the stand-ins plus the release's real .debs of installer prerequisites."""
+    repo = www / f"apt-{release}"
     repo.mkdir()
-    for name in DEFAULT_POLICY_PACKAGES + TEST_POLICY_PACKAGES:
-        hx.build_deb(name, repo)
+    for deb in list(standins) + e2e_rootfs.release_debs(release, PREREQ_DEBS):
+        shutil.copy2(deb, repo / deb.name)
     hx.write_flat_repo_index(repo)
     return repo
 
@@ -101,7 +111,7 @@ class Lab:
 
     @property
     def apt_source(self) -> str:
-        return f"deb [trusted=yes] {self.server.url}/apt ./\n"
+        return f"deb [trusted=yes] {self.server.url}/apt-{self.release} ./\n"
 
     def hosts(self, *names_octets: tuple[str, int], boot: bool = True) -> list[hx.Container]:
         """Create containers (name, last octet), boot them all at once, wait until booted."""
@@ -134,10 +144,12 @@ class Lab:
 
 
 @pytest.fixture(scope="module", params=RELEASES)
-def lab(request, e2e_dir, release_tarball, apt_repo):
+def lab(request, e2e_dir, release_tarball, standin_debs):
     release = request.param
     started = time.monotonic()
     rootfs = e2e_rootfs.build(release)
+    if not (e2e_dir / "www" / f"apt-{release}").exists():
+        make_apt_repo(e2e_dir / "www", release, standin_debs)
     number = next(_lab_numbers)
     the_lab = Lab(release, rootfs, number, e2e_dir / f"lab{number}")
     try:

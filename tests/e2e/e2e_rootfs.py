@@ -13,7 +13,8 @@ What the tests need in it, beyond debootstrap's minbase:
   every other container, the way images ship it switched off).
 After debootstrap: no /etc/hostname (so --hostname wins), an empty machine-id (each container gets
 its own), no remote apt sources (the containers have no route to an archive; tests add the lab's
-own repository), the apt timers masked (they would take the dpkg lock at random times).
+own repository), the apt timers masked (they would take the dpkg lock at random times).  The
+.debs debootstrap fetched are kept (see release_debs()).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "iproute2", "arping", 
             # debootstrap resolves no virtual packages: cloud-init -> python3-cryptography needs this
             "python3-cffi-backend")
 # Bump when the build steps below change: cached trees with another recipe are rebuilt.
-RECIPE = "3:" + ",".join(PACKAGES)
+RECIPE = "4:" + ",".join(PACKAGES)
 STAMP = ".build-hive-e2e-ready"
 DEBOOTSTRAP_TIMEOUT = 1500  # seconds; about 60-120 s on these machines
 
@@ -83,9 +84,8 @@ def _postprocess(root: Path) -> None:
     (cloud / "cloud-init.disabled").write_text("build-hive e2e: enabled per container\n")
     (cloud / "cloud.cfg.d").mkdir(exist_ok=True)
     (cloud / "cloud.cfg.d/90-build-hive-e2e.cfg").write_text(CLOUD_CFG)
-    # A stale apt cache from debootstrap is of no use without sources.
-    shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
-    (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+    # The .debs debootstrap fetched stay in var/cache/apt/archives: the tests serve some of them
+    # (the installer's prerequisites) from the lab's own apt repository.
 
 
 def build(release: str) -> Path:
@@ -119,6 +119,18 @@ def build(release: str) -> Path:
         (target / STAMP).write_text(RECIPE + "\n")
         _log(f"{release} rootfs ready in {time.monotonic() - started:.0f}s")
         return target
+
+
+def release_debs(release: str, names: tuple[str, ...]) -> list[Path]:
+    """The cached .debs of these packages (real ones, from this release's archive)."""
+    archives = rootfs_path(release) / "var/cache/apt/archives"
+    found = []
+    for name in names:
+        matches = sorted(archives.glob(f"{name}_*.deb"))
+        if not matches:
+            raise RuntimeError(f"no {name}_*.deb in {archives}")
+        found.append(matches[-1])
+    return found
 
 
 def main(argv: list[str]) -> int:
