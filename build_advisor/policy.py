@@ -56,7 +56,7 @@ def load_policy(path: str) -> Policy:
         spec.loader.exec_module(module)
     except FileNotFoundError:
         raise PolicyError(f"policy file {path} not found") from None
-    except Exception as exc:  # any error in a user's file is reported, not raised
+    except (Exception, SystemExit) as exc:  # any error in a user's file is reported, not raised
         raise PolicyError(f"policy {path} failed to load: {type(exc).__name__}: {exc}") from None
     function = getattr(module, "suggest_role", None)
     if not callable(function):
