@@ -456,9 +456,9 @@ print_next_steps() {
 }
 
 do_install() {
+    check_source
     check_os
     check_systemd
-    check_source
     install_prereqs
     check_python
     ensure_secret
