@@ -63,7 +63,7 @@ class Advisor(Service):
             return
         peers = data.get("peers") if isinstance(data, dict) else None
         if isinstance(peers, list):
-            self.membership.merge((p for p in peers if isinstance(p, dict)), now)
+            self.membership.merge((p for p in peers if isinstance(p, dict)), now, self.clock())
 
     def handle(self, message: Message, source_ip: str, now: float) -> None:
         self.membership.observe(message, source_ip, now)
@@ -86,7 +86,8 @@ class Advisor(Service):
         newcomer = {"node_id": message.node_id, "hostname": message.hostname, "ip": source_ip,
                     "capabilities": dict(message.get("capabilities") or {})}
         advice = advise(self.policy, view, newcomer)
-        payload = make_payload("ADVICE", self.node_id, self.hostname, self.iface.address, now,
+        payload = make_payload("ADVICE", self.node_id, self.hostname, self.iface.address,
+                               self.clock(),
                                to=message.node_id, suggested_role=advice["role"],
                                packages=advice["packages"], config=advice["config"],
                                reason=advice["reason"])

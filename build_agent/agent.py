@@ -180,7 +180,7 @@ class Agent(Service):
 
     def _begin_discovery(self, now: float) -> None:
         if self.joining_since is None:
-            self.joining_since = now
+            self.joining_since = self.clock()  # wall time: compared with other nodes' starts
         self.phase, self.phase_start, self.sent = "discover", now, 0
         self.next_keepalive = now + timing.JOINING_KEEPALIVE  # HELLO announces us for now
         self.max_members_reported = 0
@@ -265,7 +265,7 @@ class Agent(Service):
                       "reason": decision.reason, "votes": decision.votes}, now)
 
     def _settle(self, identity: dict, now: float) -> None:
-        identity.update(assigned_at=format_ts_seconds(now), node_id=self.node_id,
+        identity.update(assigned_at=format_ts_seconds(self.clock()), node_id=self.node_id,
                         hostname=self.hostname, provisioned=False, provision_error=None)
         state.write_json_atomic(self.config.identity_path, identity)
         self.identity = identity
@@ -314,7 +314,7 @@ class Agent(Service):
                       timing.PROVISION_RETRY)
             self.next_provision = now + timing.PROVISION_RETRY
         self.identity.update(provisioned=error is None, provision_error=error,
-                             provisioned_at=format_ts_seconds(now))
+                             provisioned_at=format_ts_seconds(self.clock()))
         try:
             state.write_json_atomic(self.config.identity_path, self.identity)
         except OSError as exc:
@@ -322,12 +322,14 @@ class Agent(Service):
 
     # --- state files --------------------------------------------------------------------------
     def _write_peers(self, now: float) -> None:
+        wall = self.clock()
         data = {
             "self": {"hostname": self.hostname, "primary_ip": self.iface.address,
                      "role": self.role, "node_id": self.node_id,
                      "status": "active" if self.identity else "joining"},
-            "peers": [m.to_json() for m in self.membership.established(exclude=[self.node_id])],
-            "updated_at": format_ts_seconds(now),
+            "peers": [m.to_json(wall - now)
+                      for m in self.membership.established(exclude=[self.node_id])],
+            "updated_at": format_ts_seconds(wall),
         }
         try:
             state.write_json_atomic(self.config.peers_path, data)

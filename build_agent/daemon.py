@@ -78,15 +78,19 @@ def watchdog_period() -> float | None:
 class Service:
     """A daemon's logic: the loop feeds it verified messages and wakes it at its deadlines.
 
-    Subclasses implement ``handle(message, source_ip, now)`` and ``tick(now) -> next deadline``;
+    Subclasses implement ``handle(message, source_ip, now)`` and ``tick(now) -> next deadline``,
+    where ``now`` and deadlines are readings of the steady clock (``steady``, monotonic: timers
+    survive wall-clock steps); wall-clock stamps (message ts, assigned_at) come from ``clock``.
     ``secrets`` holds the verifying secrets (the first signs).
     """
 
     max_batch = 64  # datagrams read per wake-up before timers get a turn
 
     def __init__(self, config: Config, secrets: Sequence[bytes], node_id: str | None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 steady: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.steady = steady
         self.secrets = list(secrets)
         self.node_id = node_id
         self.clock = clock
@@ -116,7 +120,8 @@ class Service:
 
     # --- shared -----------------------------------------------------------------------------
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> Message | None:
-        """Verify one datagram; drop bad, replayed and our own ones.  Never raises."""
+        """Verify one datagram at wall time ``now``; drop bad, replayed and our own ones.
+        Never raises."""
         try:
             message = protocol.decode(data, self.secrets, now)
         except ProtocolError as exc:
@@ -175,11 +180,11 @@ def run(service: Service, sockets: Sequence[socket.socket]) -> int:
                 notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
                 service.reload()
                 notify("READY=1")
-            deadline = service.tick(service.clock())
+            deadline = service.tick(service.steady())
             if dog is not None and time.monotonic() >= next_dog:
                 notify("WATCHDOG=1")
                 next_dog = time.monotonic() + dog
-            timeout = min(max(0.0, deadline - service.clock()), MAX_SLEEP)
+            timeout = min(max(0.0, deadline - service.steady()), MAX_SLEEP)
             if dog is not None:
                 timeout = min(timeout, max(0.0, next_dog - time.monotonic()))
             for key, _ in selector.select(timeout):
@@ -210,12 +215,11 @@ def _drain(service: Service, sock: socket.socket) -> None:
         except OSError as exc:
             LOG.debug("recvfrom failed: %s", exc)
             return
-        now = service.clock()
-        message = service.receive(data, source, now)
+        message = service.receive(data, source, service.clock())
         if message is None:
             continue
         try:
-            service.handle(message, source[0], now)
+            service.handle(message, source[0], service.steady())
         except Exception:  # a bug must not let one datagram stop the daemon
             LOG.exception("Error while handling %s from %s", message.kind, source[0])
 

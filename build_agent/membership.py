@@ -1,6 +1,8 @@
 """Who is in the hive: established members (they have a role) and nodes still joining.
 
-Pure logic fed with verified messages and ``now``; both daemons use it, so the agent's
+Pure logic fed with verified messages and ``now``, a reading of the steady (monotonic) clock, so
+a wall-clock step (NTP at boot) neither kills members nor keeps dead ones; both daemons use it, so
+the agent's
 peers.json and the advisor's view come from one piece of code.
 """
 
@@ -31,9 +33,11 @@ class Member:
     def deadline(self) -> float:
         return self.last_seen + timing.DEAD_AFTER_INTERVALS * self.interval
 
-    def to_json(self) -> dict:
+    def to_json(self, wall_offset: float = 0.0) -> dict:
+        """peers.json's entry; wall_offset turns the steady last_seen into wall time."""
         return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.ip,
-                "role": self.role, "status": "alive", "last_seen": format_ts_seconds(self.last_seen),
+                "role": self.role, "status": "alive",
+                "last_seen": format_ts_seconds(self.last_seen + wall_offset),
                 "capabilities": self.capabilities, "load": self.load, "health": self.health,
                 "interval": self.interval}
 
@@ -69,16 +73,19 @@ class Membership:
         self.default_interval = default_interval
         self.members: dict[str, Member] = {}
         self.joiners: dict[str, Joiner] = {}
-        self.departed: dict[str, float] = {}  # node_id -> when it left (ignore older news of it)
+        # node_id -> (the ts of its goodbye, by its own clock, or None if it died; when it left).
+        # Messages it sent before its goodbye are ignored; merge() does not bring it back.
+        self.departed: dict[str, tuple[float | None, float]] = {}
 
     # --- updates: each returns True when the set of members or a role changed -----------------
     def observe(self, message: Message, source_ip: str, now: float) -> bool:
         kind = message.kind
         if kind in ("STATUS", "HEARTBEAT") and message.get("state") == "leaving":
-            return self.remove(message.node_id, now, "left the hive")
+            return self.remove(message.node_id, now, "left the hive", goodbye_ts=message.ts)
         if kind not in ("HELLO", "WELCOME", "IDENTIFY", "STATUS", "HEARTBEAT"):
             return False
-        if message.ts <= self.departed.get(message.node_id, float("-inf")):
+        goodbye_ts = self.departed.get(message.node_id, (None, 0.0))[0]
+        if goodbye_ts is not None and message.ts <= goodbye_ts:
             return False
         self.departed.pop(message.node_id, None)
         role = _role_of(message) if kind != "IDENTIFY" else None
@@ -126,8 +133,8 @@ class Membership:
             if since_text:
                 joiner.joining_since = since
 
-    def remove(self, node_id: str, now: float, why: str) -> bool:
-        self.departed[node_id] = now
+    def remove(self, node_id: str, now: float, why: str, goodbye_ts: float | None = None) -> bool:
+        self.departed[node_id] = (goodbye_ts, now)
         self.joiners.pop(node_id, None)
         member = self.members.pop(node_id, None)
         if member is not None:
@@ -145,7 +152,7 @@ class Membership:
         for joiner in list(self.joiners.values()):
             if now - joiner.last_heard >= timing.JOINING_PEER_TIMEOUT:
                 del self.joiners[joiner.node_id]
-        for node_id, when in list(self.departed.items()):
+        for node_id, (_, when) in list(self.departed.items()):
             if now - when > timing.MAX_CLOCK_SKEW:
                 del self.departed[node_id]
         return changed
@@ -155,8 +162,11 @@ class Membership:
         deadlines += [j.last_heard + timing.JOINING_PEER_TIMEOUT for j in self.joiners.values()]
         return min(deadlines, default=float("inf"))
 
-    def merge(self, entries: Iterable[dict], now: float) -> bool:
-        """Add members another view knows (the agent's peers.json) that this one lacks."""
+    def merge(self, entries: Iterable[dict], now: float, wall_now: float | None = None) -> bool:
+        """Add members another view knows (the agent's peers.json) that this one lacks.
+
+        An entry's wall-clock ``last_seen`` becomes an age (against ``wall_now``, by default
+        ``now``), so the member dies on the same schedule as if we had heard it ourselves."""
         changed = False
         for entry in entries:
             node_id, role = entry.get("node_id"), entry.get("role")
@@ -164,17 +174,18 @@ class Membership:
                 continue
             if node_id in self.departed:
                 continue
+            wall = now if wall_now is None else wall_now
             try:
-                last_seen = parse_ts(entry.get("last_seen"))
+                age = max(0.0, wall - parse_ts(entry.get("last_seen")))
             except ProtocolError:
-                last_seen = now
+                age = 0.0
             interval = entry.get("interval") or self.default_interval
             capabilities = entry.get("capabilities") or {}
             if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
                     or not isinstance(capabilities, dict):
                 continue  # a malformed entry (hand-edited file): skip it, never raise
             member = Member(node_id, str(entry.get("hostname", "?")), str(entry.get("ip", "?")),
-                            role, min(last_seen, now), float(interval), capabilities)
+                            role, now - age, float(interval), capabilities)
             if member.deadline() > now:
                 self.members[node_id] = member
                 changed = True

@@ -281,6 +281,7 @@ def test_no_advice_backs_off_and_asks_again(make_agent, config, clock, fake_sock
 def _join_behind_a_joiner(make_agent, clock, fake_sock, caplog):
     agent = make_agent()
     caplog.set_level(logging.INFO)
+    clock.now = T0 + 1  # our start, by the wall clock that stamps joining_since
     agent.start(T0 + 1)
     step(agent, clock, T0 + 1)
     deliver(agent, "WELCOME", "aaaa-1", "build1", "10.9.0.11", T0 + 1.01, to=ME, role="founder",
