@@ -24,6 +24,7 @@ UNITS=(build-agent.service build-advisor.service)
 TARGET_PRETTY="Ubuntu 24.04"
 MIN_PYTHON=(3 11)
 MIN_SECRET_LEN=16
+PYTHON=/usr/bin/python3  # what the units and the hive command run (Debian/Ubuntu's python3)
 APT_LOCK_TIMEOUT=300
 # command -> Debian package that provides it
 PREREQ_CMDS=(python3 arping jq ip openssl)
@@ -110,7 +111,11 @@ check_source() {
 install_prereqs() {
     local missing=() i
     for i in "${!PREREQ_CMDS[@]}"; do
-        command -v "${PREREQ_CMDS[$i]}" >/dev/null 2>&1 || missing+=("${PREREQ_PKGS[$i]}")
+        if [ "${PREREQ_CMDS[$i]}" = python3 ]; then
+            [ -x "$PYTHON" ] || missing+=(python3)
+        else
+            command -v "${PREREQ_CMDS[$i]}" >/dev/null 2>&1 || missing+=("${PREREQ_PKGS[$i]}")
+        fi
     done
     [ "${#missing[@]}" -gt 0 ] || return 0
     need_cmd apt-get
@@ -123,10 +128,10 @@ install_prereqs() {
 }
 
 check_python() {
-    need_cmd python3 python3
-    python3 -c 'import sys; sys.exit(0 if sys.version_info >= (int(sys.argv[1]), int(sys.argv[2])) else 1)' \
+    [ -x "$PYTHON" ] || err "$PYTHON is missing: apt-get install python3"
+    "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (int(sys.argv[1]), int(sys.argv[2])) else 1)' \
         "${MIN_PYTHON[@]}" \
-        || err "Python >= ${MIN_PYTHON[0]}.${MIN_PYTHON[1]} is required; $(command -v python3) is $(python3 -c 'import platform; print(platform.python_version())')"
+        || err "Python >= ${MIN_PYTHON[0]}.${MIN_PYTHON[1]} is required; $PYTHON is $("$PYTHON" -c 'import platform; print(platform.python_version())')"
 }
 
 # --- the secret ---------------------------------------------------------------------------------
@@ -195,8 +200,8 @@ install_code() {
     [ ! -f "$SRC/README.md" ] || install -m 0644 "$SRC/README.md" "$staging/README.md"
     release_version > "$staging/VERSION"
     chmod -R u=rwX,go=rX "$staging"
-    python3 -m compileall -q "$staging/build_agent" "$staging/build_advisor" >/dev/null \
-        || err "the code in $SRC does not compile with $(command -v python3)"
+    "$PYTHON" -m compileall -q "$staging/build_agent" "$staging/build_advisor" >/dev/null \
+        || err "the code in $SRC does not compile with $PYTHON"
     if [ -d "$PREFIX" ]; then
         mv "$PREFIX" "$old"
     fi
@@ -217,7 +222,7 @@ install_cli() {
     cat > "$tmp" <<WRAPPER
 #!/bin/sh
 # hive: the Build Hive command line (installed by install.sh; code in $PREFIX).
-PYTHONPATH=$PREFIX\${PYTHONPATH:+:\$PYTHONPATH} PYTHONDONTWRITEBYTECODE=1 exec python3 -m build_agent.cli "\$@"
+PYTHONPATH=$PREFIX\${PYTHONPATH:+:\$PYTHONPATH} PYTHONDONTWRITEBYTECODE=1 exec $PYTHON -m build_agent.cli "\$@"
 WRAPPER
     chmod 0755 "$tmp"
     mv -f "$tmp" "$CLI"
@@ -271,9 +276,9 @@ ensure_config() {
     (( 8#$mode & 8#004 )) || err "$CONFIG has mode 0$mode, but build-advisor (an unprivileged user) must read it: run 'chmod 0644 $CONFIG'"
 }
 
-check_config() {  # with the installed code: the same errors the daemons would give, before starting
+check_config() {  # with the code about to be installed: the errors the daemons would give
     local problem
-    if ! problem=$(PYTHONPATH=$PREFIX PYTHONDONTWRITEBYTECODE=1 python3 - "$CONFIG" 2>&1 <<'PY'
+    if ! problem=$(PYTHONPATH=$SRC PYTHONDONTWRITEBYTECODE=1 "$PYTHON" - "$CONFIG" 2>&1 <<'PY'
 import os, stat, sys
 from build_agent.config import ConfigError, load_config
 from build_advisor.policy import PolicyError, load_policy
@@ -462,11 +467,11 @@ do_install() {
     install_prereqs
     check_python
     ensure_secret
+    ensure_config
+    check_config
     install_code
     install_units
     install_cli
-    ensure_config
-    check_config
     open_firewall
     if start_services; then
         follow_agent
