@@ -202,17 +202,18 @@ class Lab:
                                     start_new_session=True, close_fds=True)
         host.procs[what] = proc
 
-    def start_ours(self, host: Host) -> float:
-        """Start build-advisor then build-agent on host; returns the agent's start time."""
+    def start_ours(self, host: Host, only: str | None = None) -> float | None:
+        """Start build-advisor then build-agent on host (or only one of them); returns the
+        agent's start time."""
         for what, module in (("advisor", "build_advisor"), ("agent", "build_agent")):
-            if host.running(what):
+            if host.running(what) or (only is not None and what != only):
                 continue
             argv = self._prefix(host) + ["env", f"PYTHONPATH={REPO}", "PYTHONDONTWRITEBYTECODE=1",
                                          self.python, "-m", module, "--config",
                                          str(host.dir / "hive.toml")]
             self._spawn(host, what, argv, f"{what}.log")
             (host.dir / f"{what}.pid").write_text(f"{host.procs[what].pid}\n")
-        return host.started["agent"]
+        return host.started.get("agent")
 
     def signal_ours(self, host: Host, sig: int, wait: float = 5.0) -> float:
         """Send sig to both daemons (agent first); unless wait is 0, wait for them to exit
@@ -334,6 +335,8 @@ class Lab:
         except (LabError, subprocess.TimeoutExpired) as exc:
             self.log(f"warning: {exc}")
         remove_links(self.name)
+        if self.dir.is_dir() and self.dir.parent == Path("/run/hive-lab"):
+            shutil.rmtree(self.dir, ignore_errors=True)  # hive-lab down stopped half-way
         self.hosts.clear()
 
     def clean_leftovers(self) -> bool:
@@ -406,6 +409,29 @@ def leftover_lab(lab_name: str) -> bool:
             os.path.isdir(f"/run/hive-lab/{lab_name}")
     except FileNotFoundError:
         return os.path.isdir(f"/run/hive-lab/{lab_name}")
+
+
+ARP_KEYS = ("net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2",
+            "net.ipv4.neigh.default.gc_thresh3")
+
+
+def arp_limits() -> list[str]:
+    out = []
+    for key in ARP_KEYS:
+        try:
+            out.append(Path("/proc/sys/" + key.replace(".", "/")).read_text().strip())
+        except OSError:
+            out.append("")
+    return out
+
+
+def restore_arp_limits(saved: list[str]) -> bool:
+    """Put the neighbour-table limits back as they were before the run, if a lab changed them."""
+    if not all(saved) or arp_limits() == saved:
+        return False
+    subprocess.run(["sysctl", "-q", "-w"] + [f"{k}={v}" for k, v in zip(ARP_KEYS, saved)],
+                   capture_output=True, timeout=10)
+    return True
 
 
 def serf_key() -> str:

@@ -201,6 +201,8 @@ def join_ours_once(lab: Lab, joiner: Host, members: list[Host], timeout: float =
     # the interpreter's start-up (imports, sockets) ends at the agent's first log line
     up = first_log_time(joiner.dir / "agent.log", log_at, "build-agent")
     startup = up - t0 if up is not None and join is not None and -0.01 < up - t0 < join else None
+    crashed = [f"{joiner.name}/{k} (exit {joiner.procs[k].returncode})"
+               for k in ("agent", "advisor") if not joiner.running(k)]
     # graceful leave: SIGTERM, then gone from every member's peers.json
     t1 = lab.signal_ours(joiner, signal.SIGTERM, wait=0)
     gone = None
@@ -214,7 +216,8 @@ def join_ours_once(lab: Lab, joiner: Host, members: list[Host], timeout: float =
     lab.wipe_state(joiner)
     if gone is None:
         wait_ours_gone(members, [joiner], 40)
-    return {"join": join, "converge": converge, "leave": gone, "role": role, "startup": startup}
+    return {"join": join, "converge": converge, "leave": gone, "role": role, "startup": startup,
+            "crashed": crashed}
 
 
 def join_serf_once(lab: Lab, joiner: Host, members: list[Host], seed: Host,
@@ -366,7 +369,8 @@ def footprint(lab: Lab, seconds: float, log) -> dict:
         per_kind[kind]["rss_mb"].append(mem[0])
         per_kind[kind]["hwm_mb"].append(mem[1])
         per_kind[kind]["cpu_s"].append(end - before[pid])
-    out = {"hosts": len(lab.hosts), "window_s": round(window, 1), "exited_during_window": lost}
+    out = {"hosts": len({h.index for h, _, _ in procs}), "window_s": round(window, 1),
+           "exited_during_window": lost}
     for kind, values in per_kind.items():
         out[kind] = {"rss_mb": stats(values["rss_mb"], digits=1),
                      "hwm_mb": stats(values["hwm_mb"], digits=1),
@@ -421,6 +425,15 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
     for _ in range(rounds):
         for j in joiners:
             lab.wipe_state(j)
+        # The joiners' advisors first (they advise no one until their node has an identity), so
+        # the 20 agents start together without 20 more interpreters starting on the same 2 cores.
+        for j in joiners:
+            lab.start_ours(j, only="advisor")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+                "build-advisor" in (j.dir / "advisor.log").read_text(errors="replace")[-4000:]
+                for j in joiners):
+            time.sleep(0.1)
         t0 = time.time()
         for j in joiners:
             lab.start_ours(j)
@@ -437,7 +450,8 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
         conv_s = time.time() - t0 if converged else None
         ours_rounds.append({"all_identity_s": round(all_identity, 3) if all_identity else None,
                             "all_listed_s": round(conv_s, 3) if conv_s else None,
-                            "start_spread_s": round(started, 3), "roles": dict(sorted(roles.items()))})
+                            "start_spread_s": round(started, 3), "roles": dict(sorted(roles.items())),
+                            "identity_s": sorted(round(m - t0, 2) for m in done)})
         for j in joiners:
             lab.signal_ours(j, signal.SIGTERM, wait=0)
         for j in joiners:
@@ -536,6 +550,8 @@ class Sniffer:
 
 def attack(lab: Lab, base: list[Host], joiner: Host, attacker: Host, baseline: int, rounds: int,
            rate: int, seconds: float, python: str, log) -> dict:
+    """Join time unflooded, then while flooded: variant 'broadcast' hits every daemon of every
+    host (the lab's broadcast address); variant 'unicast' hits the joining node's address only."""
     sniffer = Sniffer(attacker)
     try:
         unflooded = []
@@ -553,78 +569,94 @@ def attack(lab: Lab, base: list[Host], joiner: Host, attacker: Host, baseline: i
     fd, cap_path = tempfile.mkstemp(prefix="hive-bench-captured-", suffix=".hex")
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(d.hex() for d in captured) + "\n")
-    victims = [(h, k) for h in base for k in ("agent", "advisor")]
-    pids = {(h.index, k): h.pid(k) for h, k in victims}
+    watched = [(h, k) for h in base for k in ("agent", "advisor")]
+    pids = {(h.index, k): h.pid(k) for h, k in watched}
     rss_before = {key: rss_mb(pid) for key, pid in pids.items() if pid}
     drops_before = udp_drops(lab, base)
-    flooded, floods, cpu_rounds = [], [], []
-    crashed: list[str] = []
+    unf = stats([r["join"] for r in unflooded])
+    crashed: list[str] = [c for r in unflooded for c in r["crashed"]]
+    variants = []
     try:
-        for _ in range(rounds):
-            cpu0 = {key: cpu_seconds(pid) for key, pid in pids.items() if pid}
-            argv = ["ip", "netns", "exec", attacker.ns, python, "-m", "hivebench.flood",
-                    "--target", lab.broadcast, "--subnet", lab.subnet, "--rate", str(rate),
-                    "--duration", f"{seconds:g}", "--captured", cap_path]
-            t0 = time.monotonic()
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=dict(os.environ, PYTHONPATH=str(HERE.parent)),
-                                    start_new_session=True)
-            try:
-                time.sleep(min(1.0, seconds / 4))
-                flooded.append(join_ours_once(lab, joiner, base, timeout=max(30, seconds + 10)))
+        for name, target in (("broadcast", lab.broadcast), ("unicast", joiner.ip)):
+            flooded, floods, cpu_rounds = [], [], []
+            for _ in range(rounds):
+                cpu0 = {key: cpu_seconds(pid) for key, pid in pids.items() if pid}
+                argv = ["ip", "netns", "exec", attacker.ns, python, "-m", "hivebench.flood",
+                        "--target", target, "--subnet", lab.subnet, "--rate", str(rate),
+                        "--duration", f"{seconds:g}", "--captured", cap_path]
+                t0 = time.monotonic()
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent)),
+                                        start_new_session=True)
                 try:
-                    stdout, stderr = proc.communicate(timeout=seconds + 15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    stdout, stderr = proc.communicate(timeout=5)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(timeout=5)
-            window = time.monotonic() - t0
-            try:
-                floods.append(json.loads(stdout.strip().splitlines()[-1]))
-            except (ValueError, IndexError):
-                floods.append({"error": (stderr or stdout).strip()[-300:]})
-            cpu = collections.defaultdict(list)
-            for (index, kind), pid in pids.items():
-                end = cpu_seconds(pid) if pid else None
-                if end is None or cpu0.get((index, kind)) is None:
-                    continue
-                cpu[kind].append(100 * (end - cpu0[(index, kind)]) / window)
-            cpu_rounds.append({k: stats(v, digits=1) for k, v in cpu.items()})
-            for h, kind in victims:
-                if not h.running(kind):
-                    crashed.append(f"{h.name}/{kind} (exit {h.procs[kind].returncode})")
+                    time.sleep(min(1.0, seconds / 4))
+                    flooded.append(join_ours_once(lab, joiner, base, timeout=max(30, seconds + 10)))
+                    try:
+                        stdout, stderr = proc.communicate(timeout=seconds + 15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        stdout, stderr = proc.communicate(timeout=5)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait(timeout=5)
+                window = time.monotonic() - t0
+                try:
+                    floods.append(json.loads(stdout.strip().splitlines()[-1]))
+                except (ValueError, IndexError):
+                    floods.append({"error": (stderr or stdout).strip()[-300:]})
+                cpu = collections.defaultdict(list)
+                for (index, kind), pid in pids.items():
+                    end = cpu_seconds(pid) if pid else None
+                    if end is None or cpu0.get((index, kind)) is None:
+                        continue
+                    cpu[kind].append(100 * (end - cpu0[(index, kind)]) / window)
+                cpu_rounds.append({k: stats(v, digits=1) for k, v in cpu.items()})
+                crashed += flooded[-1]["crashed"]
+                for h, kind in watched:
+                    if not h.running(kind):
+                        note = f"{h.name}/{kind} (exit {h.procs[kind].returncode})"
+                        if note not in crashed:
+                            crashed.append(note)
+            fl = stats([r["join"] for r in flooded])
+            sent = sum(f.get("sent", 0) for f in floods)
+            secs = sum(f.get("seconds", 0) for f in floods)
+            variants.append({
+                "name": name, "target": f"{target}:50555",
+                "hits": "every daemon of every host" if name == "broadcast"
+                        else "the joining node only",
+                "rounds": rounds, "floods": floods, "datagrams_sent": sent,
+                "achieved_rate_per_s": round(sent / secs) if secs else None,
+                "flooded_join_s": fl,
+                "flooded_converge_s": stats([r["converge"] for r in flooded]),
+                "flooded_roles": [r["role"] for r in flooded],
+                "ratio_median": round(fl["median"] / unf["median"], 2)
+                                if fl["median"] and unf["median"] else None,
+                "base_daemon_cpu_percent": cpu_rounds})
+            log(f"  attack, {name} to {target} ({rate}/s asked, {variants[-1]['achieved_rate_per_s']}"
+                f"/s sent, {seconds:g} s x {rounds}): join {fmt(unf)} -> {fmt(fl)} "
+                f"(x{variants[-1]['ratio_median']})")
     finally:
         os.unlink(cap_path)
     drops_after = udp_drops(lab, base)
     rss_after = {key: rss_mb(pid) for key, pid in pids.items() if pid}
-    sent = sum(f.get("sent", 0) for f in floods)
     rss_growth = [rss_after[k][0] - rss_before[k][0] for k in rss_before if rss_after.get(k)]
-    unf = stats([r["join"] for r in unflooded])
-    fl = stats([r["join"] for r in flooded])
-    ratio = round(fl["median"] / unf["median"], 2) if fl["median"] and unf["median"] else None
     dropped = sum(drops_after.get(i, 0) - drops_before.get(i, 0) for i in drops_after)
+    bcast_sent = variants[0]["datagrams_sent"] if variants else 0
     out = {"base": len(base), "rate_per_s": rate, "seconds": seconds, "rounds": rounds,
-           "target": "the lab's broadcast address, UDP 50555 (every daemon of every host)",
-           "captured_datagrams": len(captured), "floods": floods,
-           "unflooded_join_s": unf, "flooded_join_s": fl,
+           "captured_datagrams": len(captured),
+           "unflooded_join_s": unf,
            "unflooded_converge_s": stats([r["converge"] for r in unflooded]),
-           "flooded_converge_s": stats([r["converge"] for r in flooded]),
-           "flooded_roles": [r["role"] for r in flooded],
-           "ratio_median": ratio,
-           "daemon_cpu_percent": cpu_rounds,
-           "datagrams_sent": sent,
+           "variants": variants,
            "kernel_drops_on_50555": dropped,
-           "received_per_daemon_estimate": round((sent * 2 * len(base) - dropped) / (2 * len(base))),
+           "received_per_daemon_estimate": round(
+               (bcast_sent * 2 * len(base) - dropped) / (2 * len(base))),
            "rss_before_mb": stats([v[0] for v in rss_before.values()], digits=1),
            "rss_after_mb": stats([v[0] for v in rss_after.values() if v], digits=1),
            "rss_growth_mb": stats(rss_growth, digits=2),
            "crashed": crashed}
-    log(f"  attack ({rate}/s for {seconds:g} s x {rounds}): join {fmt(unf)} -> {fmt(fl)} "
-        f"(x{ratio}); crashed: {crashed or 'none'}; RSS growth max "
-        f"{out['rss_growth_mb']['max']} MB after {sent} datagrams sent")
+    log(f"  attack: crashed: {crashed or 'none'}; RSS growth max {out['rss_growth_mb']['max']} MB "
+        f"after ~{out['received_per_daemon_estimate']} datagrams received per daemon")
     return out
 
 
