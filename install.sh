@@ -401,12 +401,17 @@ show_agent_log() {
 }
 
 follow_agent() {
-    local invocation cursor_file deadline state
+    local invocation current cursor_file deadline state
     invocation=$(systemctl show -p InvocationID --value build-agent.service)
     cursor_file=$(mktemp)
     SETTLED=0
     deadline=$((SECONDS + TIMEOUT))
     while :; do
+        current=$(systemctl show -p InvocationID --value build-agent.service)
+        if [ -n "$current" ] && [ "$current" != "$invocation" ]; then
+            invocation=$current  # systemd restarted it (Restart=on-failure): follow the new one
+            : > "$cursor_file"
+        fi
         show_agent_log "$invocation" "$cursor_file"
         if [ "$SETTLED" -eq 1 ] && [ -s "$STATE_DIR/identity.json" ]; then
             sleep 0.2  # the line after "Consensus" ("Packages: ...") is written with it

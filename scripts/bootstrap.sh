@@ -55,8 +55,8 @@ default_iface() {
         | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }'
 }
 
-# Sets IFACE, ADDRESS, PREFIX, BROADCAST, NET_INT, BCAST_INT, OWN (list of our addresses) and
-# CLAIMED (our secondary address in the subnet, if any).
+# Sets IFACE, ADDRESS, PREFIX, BROADCAST, NET_INT, BCAST_INT, OWN (list of our addresses),
+# CLAIMED (our secondary address in the subnet, if any) and GATEWAY (of the default route, if any).
 read_interface() {
     local line cidr brd mask addr
     if [ -z "$IFACE" ]; then
@@ -86,6 +86,9 @@ read_interface() {
             if (( (n & mask) == NET_INT )); then CLAIMED=$addr; fi
         fi
     done < <(ip -o -4 addr show dev "$IFACE" scope global | awk '{ print $4 }')
+    # The default gateway is never free, even when it does not answer ARP right now.
+    GATEWAY=$(ip -4 route show default dev "$IFACE" 2>/dev/null \
+        | awk '{ for (i = 1; i < NF; i++) if ($i == "via") { print $(i + 1); exit } }')
 }
 
 is_own() {
@@ -386,6 +389,7 @@ main() {
     detect_arping
     read_interface
     declare -gA USED=() SKIP=() PROBED=()
+    if [[ ${GATEWAY:-} =~ ^[0-9]+(\.[0-9]+){3}$ ]]; then SKIP[$(ip_to_int "$GATEWAY")]=1; fi
     WORK=$(mktemp -d)
     trap cleanup EXIT
     start_listener $((CLAIM == 1 ? 30 : PROBE_WAIT + 1))
