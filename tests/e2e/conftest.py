@@ -62,6 +62,7 @@ def e2e_dir():
         if shutil.which(tool) is None:
             pytest.fail(f"the e2e tests need '{tool}' (apt-get install systemd-container "
                         f"debootstrap iproute2 util-linux dpkg)")
+    hx.cleanup_stale_runs()
     path = hx.RUN_ROOT / str(os.getpid())
     shutil.rmtree(path, ignore_errors=True)
     (path / "www").mkdir(parents=True)

@@ -59,6 +59,34 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
         time.sleep(interval)
 
 
+def cleanup_stale_runs(root: Path = RUN_ROOT) -> None:
+    """Remove what an interrupted earlier run (its pytest PID is gone) left under root: its
+    systemd-nspawn processes (found by their -D path there), overlay mounts and files."""
+    if not root.is_dir():
+        return
+    for run in root.iterdir():
+        if not run.name.isdigit() or Path(f"/proc/{run.name}").exists():
+            continue
+        marker = f"{run}/".encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"systemd-nspawn\0") and marker in cmdline:
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                except OSError:
+                    pass
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(str(run) + "/")]
+        for mount in sorted(mounts, key=len, reverse=True):
+            sh("umount", "-l", mount, check=False)
+        shutil.rmtree(run, ignore_errors=True)
+
+
 class LabNet:
     """A bridge (no address) and one network namespace per host, on SUBNET.0/24."""
 
