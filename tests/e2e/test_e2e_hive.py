@@ -164,7 +164,7 @@ def test_hardening_scores_and_verify(hive, lab, diagnose):
 
 
 def test_journal_priorities(hive, diagnose):
-    """Log lines carry syslog priorities: info lines are not errors, a reload logs at info."""
+    """Log lines carry syslog priorities: `journalctl -p err` shows errors and only errors."""
     host = hive["nodes"]["build2"]
     errors = host.run("journalctl", "--no-pager", "-q", "-o", "cat", "-p", "err",
                       "-u", "build-agent", "-u", "build-advisor").stdout
@@ -172,6 +172,18 @@ def test_journal_priorities(hive, diagnose):
     info = host.run("journalctl", "--no-pager", "-q", "-o", "cat", "-p", "info",
                     "-u", "build-agent").stdout
     assert "Consensus: I am a 'controller'" in info
+    # an error: reloading with a secret that is too short (the agent keeps the old one)
+    secret = host.read("/etc/build/shared_secret")
+    host.write("/etc/build/shared_secret", "short\n", mode=0o600)
+    try:
+        host.run("systemctl", "reload", "build-agent")
+        hx.wait_for(lambda: "Reload failed, keeping the old secret" in host.run(
+            "journalctl", "--no-pager", "-q", "-o", "cat", "-p", "err", "-u", "build-agent").stdout,
+            10, "the failed reload in journalctl -p err")
+    finally:
+        host.write("/etc/build/shared_secret", secret, mode=0o600)
+    host.run("systemctl", "reload", "build-agent")
+    assert host.run("systemctl", "is-active", "build-agent").stdout.strip() == "active"
 
 
 def test_reload_rereads_secret(hive, diagnose):
