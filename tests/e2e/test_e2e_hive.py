@@ -195,6 +195,32 @@ def test_reload_rereads_secret(hive, diagnose):
         == ["active", "active"]
 
 
+def test_watchdog_pings_keep_both_services_alive(hive, diagnose):
+    """With a 2 s watchdog (drop-in), both daemons ping in time: no restart in 7 s."""
+    host = hive["nodes"]["build1"]
+    units = ("build-agent", "build-advisor")
+    for unit in units:
+        host.write(f"/etc/systemd/system/{unit}.service.d/50-e2e-watchdog.conf",
+                   "[Service]\nWatchdogSec=2s\n")
+    try:
+        host.run("systemctl", "daemon-reload")
+        host.run("systemctl", "restart", *units)
+        pids = host.run("systemctl", "show", "-p", "MainPID", "--value", *units).stdout.split()
+        assert host.run("systemctl", "show", "-p", "WatchdogUSec", "--value",
+                        "build-agent").stdout.strip() == "2s"
+        time.sleep(7)
+        assert host.run("systemctl", "show", "-p", "MainPID", "--value", *units).stdout.split() \
+            == pids
+        assert host.run("systemctl", "show", "-p", "NRestarts", "--value", *units).stdout.split() \
+            == ["0", "0"]
+        assert "watchdog" not in host.journal("build-agent", "-b").lower()
+    finally:
+        for unit in units:
+            host.run("rm", "-rf", f"/etc/systemd/system/{unit}.service.d")
+        host.run("systemctl", "daemon-reload")
+        host.run("systemctl", "restart", *units)
+
+
 def test_service_restart_keeps_identity(hive, diagnose):
     host = hive["nodes"]["build2"]
     before = identity(host)
