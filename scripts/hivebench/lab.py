@@ -153,7 +153,8 @@ class Lab:
         result = subprocess.run([str(HIVE_LAB), *args], env=self.env, capture_output=True,
                                 text=True, timeout=timeout)
         if result.returncode != 0:
-            raise LabError(f"hive-lab {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+            raise LabError(f"hive-lab {' '.join(args)} failed (exit {result.returncode}): "
+                           f"{result.stderr.strip() or result.stdout.strip() or 'no message'}")
         return result.stdout
 
     def add(self, count: int) -> list[Host]:
@@ -350,6 +351,8 @@ class Lab:
         except (LabError, subprocess.TimeoutExpired) as exc:
             self.log(f"warning: {exc}")
         remove_links(self.name)
+        if self.dir.is_dir() and self.dir.parent == Path("/run/hive-lab"):
+            shutil.rmtree(self.dir, ignore_errors=True)  # else new hosts would be numbered on
         return True
 
 
