@@ -10,7 +10,8 @@ What the tests need in it, beyond debootstrap's minbase:
 - systemd as PID 1 (systemd, systemd-sysv, dbus), python3 and the installer's prerequisites
   (iproute2, arping, jq, openssl, procps), so install.sh works offline like on a prepared host;
 - cloud-init and curl for the cloud-init scenario (disabled by /etc/cloud/cloud-init.disabled in
-  every other container, the way images ship it switched off).
+  every other container, the way images ship it switched off);
+- ufw, inactive as Ubuntu ships it (one test turns it on).
 After debootstrap: no /etc/hostname (so --hostname wins), an empty machine-id (each container gets
 its own), no remote apt sources (the containers have no route to an archive; tests add the lab's
 own repository), the apt timers masked (they would take the dpkg lock at random times).  The
@@ -30,11 +31,11 @@ from pathlib import Path
 CACHE = Path(os.environ.get("BUILD_HIVE_E2E_CACHE", "/var/cache/build-hive-e2e"))
 MIRROR = os.environ.get("BUILD_HIVE_E2E_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "iproute2", "arping", "jq", "openssl",
-            "procps", "curl", "cloud-init",
+            "procps", "curl", "cloud-init", "ufw",
             # debootstrap resolves no virtual packages: cloud-init -> python3-cryptography needs this
             "python3-cffi-backend")
 # Bump when the build steps below change: cached trees with another recipe are rebuilt.
-RECIPE = "4:" + ",".join(PACKAGES)
+RECIPE = "5:" + ",".join(PACKAGES)
 STAMP = ".build-hive-e2e-ready"
 DEBOOTSTRAP_TIMEOUT = 1500  # seconds; about 60-120 s on these machines
 

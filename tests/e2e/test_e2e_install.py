@@ -15,14 +15,6 @@ from conftest import TEST_POLICY_PACKAGES, measure, policy_text
 from test_e2e_hive import identity, install, jq, lines_in_order
 
 POLICY_TOML = 'policy = "/etc/build/e2e-policy.py"\nheartbeat_interval = 2\n'
-# A stand-in for ufw that is "active" and records what it was asked.
-UFW_STUB = """#!/bin/sh
-echo "$*" >> /var/log/ufw-stub.log
-case "$1" in
-    status) echo "Status: active" ;;
-esac
-exit 0
-"""
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,9 @@ def policy_hive(lab):
         host.write("/etc/build/e2e-policy.py", policy_text())
     nodes[2].write("/etc/build/shared_secret", secrets.token_hex(32) + "\n", mode=0o600)
     nodes[2].write("/etc/build/hive.toml", "heartbeat_interval = 2\n")
-    nodes[1].write("/usr/local/sbin/ufw", UFW_STUB, mode=0o755)
+    # build2 has UFW active (default: deny incoming), so its agent hears the hive's unicast
+    # replies only through the rule install.sh adds.
+    nodes[1].run("ufw", "--force", "enable")
     hive = {h.name: h for h in nodes}
     hive["transcripts"] = {}
     return hive
@@ -67,14 +61,17 @@ def test_user_policy_roles_install_their_packages(policy_hive, lab, diagnose):
 
 
 def test_ufw_rule_for_the_lan_when_active(policy_hive, lab, diagnose):
-    """A stand-in ufw that reports itself active: install.sh allows the hive's port from the LAN."""
+    """Real ufw, active with its default deny: install.sh allowed the hive's port from the LAN
+    (build2 joined through it above), and only on the node where UFW is active."""
     worker = policy_hive["build2"]
-    log = worker.read("/var/log/ufw-stub.log")
-    assert f"allow from {lab.net.subnet}.0/24 to any port 50555 proto udp comment build-hive" in log
-    assert f"UFW is active: allowed 50555/udp from {lab.net.subnet}.0/24 (the hive's LAN)." \
+    subnet = f"{lab.net.subnet}.0/24"
+    assert f"UFW is active: allowed 50555/udp from {subnet} (the hive's LAN)." \
         in policy_hive["transcripts"]["build2"]
-    assert "allow" not in policy_hive["build1"].run("sh", "-c", "cat /var/log/ufw-stub.log "
-                                                    "2>/dev/null || true").stdout
+    status = worker.run("ufw", "status", "verbose").stdout
+    assert "Status: active" in status and "deny (incoming)" in status
+    rules = [line.split() for line in status.splitlines() if "50555" in line]
+    assert rules == [["50555/udp", "ALLOW", "IN", subnet, "#", "build-hive"]], status
+    assert "Status: inactive" in policy_hive["build1"].run("ufw", "status").stdout
 
 
 def test_a_node_with_another_secret_founds_its_own_hive(policy_hive, diagnose):
@@ -90,6 +87,14 @@ def test_a_node_with_another_secret_founds_its_own_hive(policy_hive, diagnose):
                                   "/var/lib/build/peers.json").split()
     assert jq(stranger, ".peers | length", "/var/lib/build/peers.json") == "0"
     assert identity(policy_hive["build2"])["role"] == "e2e-worker"
+
+
+def test_uninstall_removes_the_ufw_rule(policy_hive, lab, diagnose):
+    worker = policy_hive["build2"]
+    out = worker.run("bash", "/src/install.sh", "--uninstall").stdout
+    assert f"UFW: removed the rule allowing 50555/udp from {lab.net.subnet}.0/24." in out
+    status = worker.run("ufw", "status").stdout
+    assert "Status: active" in status and "50555" not in status
 
 
 def test_uninstall_keeps_identity_and_purge_removes_everything(policy_hive, diagnose):
