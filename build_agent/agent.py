@@ -200,14 +200,23 @@ class Agent(Service):
                    else self.phase_start + timing.DISCOVERY_MAX)
 
     def _take_turn(self, now: float) -> float:
-        """After discovery or while waiting: ask, found, or keep waiting for those ahead."""
+        """After discovery or while waiting: ask, found, or keep waiting.
+
+        We wait for every joining node ahead of us in the join order, and for any node that is
+        asking the hive right now (even one behind us that did not know of us when it began):
+        one asker at a time is what makes simultaneous joins equal sequential ones."""
         ahead = self.membership.joiners_ahead(join_order_key(self.joining_since, self.node_id))
-        if ahead:
+        asking = self.membership.joiners_asking(now)
+        if ahead or asking:
             if self.phase != "wait":
-                LOG.info("Waiting for %d joining node(s) ahead of me: %s", len(ahead),
-                         ", ".join(j.hostname for j in ahead))
+                if ahead:
+                    LOG.info("Waiting for %d joining node(s) ahead of me: %s", len(ahead),
+                             ", ".join(j.hostname for j in ahead))
+                else:
+                    LOG.info("Waiting while %s ask(s) the hive",
+                             ", ".join(j.hostname for j in asking))
                 self.phase = "wait"
-            return now + timing.JOINING_KEEPALIVE
+            return min([now + timing.JOINING_KEEPALIVE] + [j.asking_until for j in asking])
         members = self.membership.established()
         if not members:
             self._found(now)
@@ -225,7 +234,17 @@ class Agent(Service):
     def _tick_ask(self, now: float) -> float:
         next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, lambda: self._broadcast(
             "IDENTIFY", request="who_am_i", candidate_ip=None, capabilities=self.capabilities,
-            attempt=self.sent))
+            attempt=self.sent, joining_since=self._joining_since_text()))
+        key = join_order_key(self.joining_since, self.node_id)
+        rivals = [j for j in self.membership.joiners_asking(now) if j.key < key]
+        if rivals:
+            # Someone ahead of us is asking at the same time: its turn first; this advice
+            # did not count it, so it is discarded and we ask again after it settled.
+            LOG.info("%s is asking the hive ahead of me; waiting for it",
+                     ", ".join(j.hostname for j in rivals))
+            self.phase = "wait"
+            self.advice = {}
+            return now
         if len(self.advice) >= self.expected_advisors:
             self._decide(now)
             return now

@@ -158,7 +158,7 @@ def cmd_watch(config: Config, args) -> int:
             now = time.time()
             stamp = time.strftime("%H:%M:%S", time.localtime(now))
             try:
-                message = protocol.decode(data, secrets, now)
+                message = protocol.decode(data, secrets, now, seen=guard)
                 if guard.is_replay(message, now):
                     raise protocol.ProtocolError("replayed")
             except protocol.ProtocolError as exc:

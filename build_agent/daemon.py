@@ -123,7 +123,7 @@ class Service:
         """Verify one datagram at wall time ``now``; drop bad, replayed and our own ones.
         Never raises."""
         try:
-            message = protocol.decode(data, self.secrets, now)
+            message = protocol.decode(data, self.secrets, now, seen=self.replays)
         except ProtocolError as exc:
             self.reject(str(exc), source, now)
             return None

@@ -29,6 +29,7 @@ class Member:
     capabilities: dict = field(default_factory=dict)
     load: Any = None
     health: str = "ok"
+    last_ts: float = 0.0  # the sender's ts on the newest message applied from it
 
     def deadline(self) -> float:
         return self.last_seen + timing.DEAD_AFTER_INTERVALS * self.interval
@@ -50,6 +51,7 @@ class Joiner:
     ip: str
     joining_since: float
     last_heard: float
+    asking_until: float = 0.0  # it broadcast IDENTIFY: it is asking the hive until then
 
     @property
     def key(self) -> tuple[float, str]:
@@ -88,6 +90,11 @@ class Membership:
         if goodbye_ts is not None and message.ts <= goodbye_ts:
             return False
         self.departed.pop(message.node_id, None)
+        member = self.members.get(message.node_id)
+        if member is not None and message.ts < member.last_ts:
+            # Older than what we applied: e.g. a WELCOME it sent while joining, delivered (on
+            # the unicast socket) after the STATUS announcing its role.  It must not demote it.
+            return False
         role = _role_of(message) if kind != "IDENTIFY" else None
         if role:
             return self._upsert(message, source_ip, role, now)
@@ -110,6 +117,7 @@ class Membership:
                      member.role)
         member.hostname, member.ip, member.role = message.hostname, source_ip, role
         member.last_seen = now
+        member.last_ts = message.ts
         member.interval = float(interval)
         if message.get("capabilities") is not None:
             member.capabilities = message.get("capabilities")
@@ -126,12 +134,16 @@ class Membership:
             since = message.ts
         joiner = self.joiners.get(message.node_id)
         if joiner is None:
-            self.joiners[message.node_id] = Joiner(message.node_id, message.hostname, source_ip,
-                                                   since, now)
+            joiner = Joiner(message.node_id, message.hostname, source_ip, since, now)
+            self.joiners[message.node_id] = joiner
         else:
             joiner.last_heard = now
             if since_text:
                 joiner.joining_since = since
+        if message.kind == "IDENTIFY":
+            joiner.asking_until = now + timing.ADVICE_TIMEOUT
+        elif message.kind == "HELLO":
+            joiner.asking_until = 0.0  # discovering again (after a backoff): not asking
 
     def remove(self, node_id: str, now: float, why: str, goodbye_ts: float | None = None) -> bool:
         self.departed[node_id] = (goodbye_ts, now)
@@ -199,3 +211,8 @@ class Membership:
 
     def joiners_ahead(self, key: tuple[float, str]) -> list[Joiner]:
         return sorted((j for j in self.joiners.values() if j.key < key), key=lambda j: j.key)
+
+    def joiners_asking(self, now: float) -> list[Joiner]:
+        """Joining nodes that are asking the hive right now (IDENTIFY seen, not settled)."""
+        return sorted((j for j in self.joiners.values() if j.asking_until > now),
+                      key=lambda j: j.key)

@@ -224,6 +224,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("candidate_ip", _ip(nullable=True), False),
         ("capabilities", _capabilities, False),
         ("attempt", _number(0, 1000, integer=True), False),
+        ("joining_since", _timestamp(nullable=True), False),
     ),
     "ADVICE": (
         ("to", _text(64, NODE_ID_RE), False),
@@ -394,9 +395,16 @@ def validate(payload: dict) -> Message:
     return Message(kind, payload["node_id"], payload["hostname"], payload["primary_ip"], ts, payload)
 
 
-def decode(data: bytes, secrets: Sequence[bytes], now: float) -> Message:
-    """Bytes -> verified, fresh, well-formed Message (replays are the ReplayGuard's job)."""
+def decode(data: bytes, secrets: Sequence[bytes], now: float,
+           seen: Callable[[str], bool] | None = None) -> Message:
+    """Bytes -> verified, fresh, well-formed Message.
+
+    ``seen`` (a ReplayGuard) drops a signature already seen before the costly checks, so a
+    flood of replays is cheap to refuse; the guard remembers only what passed them.
+    """
     payload, sig = parse_envelope(data)
+    if seen is not None and seen(sig):
+        raise ProtocolError("replayed")
     verify(payload, sig, secrets)
     message = validate(payload)
     if abs(message.ts - now) > timing.MAX_CLOCK_SKEW:
@@ -417,6 +425,10 @@ class ReplayGuard:
         self.size = size
         self.window = window
         self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def __call__(self, sig: str) -> bool:
+        """Has this signature been seen (a cheap pre-check; see decode)?"""
+        return sig in self._seen
 
     def is_replay(self, message: Message, now: float) -> bool:
         self._expire(now)

@@ -8,8 +8,9 @@ REPLAY_CACHE_SIZE = 8192
 
 # Discovery: HELLO is broadcast at these offsets from the start of discovery.
 HELLO_SCHEDULE = (0.0, 0.25, 0.75)
-# Discovery never ends before this (time for WELCOMEs from the whole LAN to arrive) ...
-DISCOVERY_MIN = 0.3
+# Discovery never ends before this (time for WELCOMEs from the whole LAN, and from nodes
+# joining ahead of us, to arrive) ...
+DISCOVERY_MIN = 0.15
 # ... and always ends here: no established member answered, so we may found the hive.
 DISCOVERY_MAX = 1.5
 

@@ -76,8 +76,8 @@ class Lab:
              ) -> subprocess.CompletedProcess:
         return self.run("exec", str(i), *args, check=check, timeout=timeout)
 
-    def down(self) -> None:
-        self.run("down", check=False)
+    def down(self, check: bool = True) -> None:
+        self.run("down", check=check)
 
     # --- files --------------------------------------------------------------------------------
     def host_dir(self, i: int) -> Path:
