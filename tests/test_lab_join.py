@@ -68,7 +68,7 @@ def test_cold_start_of_five_gives_exactly_one_founder(make_lab):
         assert "No peers found" not in lab.log(i)
 
 
-@pytest.mark.parametrize("existing,joiners", [(1, 2), (3, 5), (5, 20)])
+@pytest.mark.parametrize("existing,joiners", [(1, 2), (2, 5), (1, 20)])
 def test_simultaneous_joins_get_the_sequential_roles(make_lab, existing, joiners):
     lab = make_lab()
     lab.up(existing)
