@@ -156,7 +156,7 @@ class Agent(Service):
             deadlines.append(self._tick_provisioning(now))
         else:
             if now >= self.next_keepalive:
-                self._heartbeat("joining")
+                self._heartbeat("asking" if self.phase == "ask" else "joining")
                 self.next_keepalive = now + timing.JOINING_KEEPALIVE
             deadlines.append(self.next_keepalive)
         if self.peers_dirty:
@@ -244,6 +244,8 @@ class Agent(Service):
                      ", ".join(j.hostname for j in rivals))
             self.phase = "wait"
             self.advice = {}
+            self._heartbeat("joining")  # tell the others we stopped asking: nobody waits for us
+            self.next_keepalive = now + timing.JOINING_KEEPALIVE
             return now
         if len(self.advice) >= self.expected_advisors:
             self._decide(now)

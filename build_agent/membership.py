@@ -140,10 +140,11 @@ class Membership:
             joiner.last_heard = now
             if since_text:
                 joiner.joining_since = since
-        if message.kind == "IDENTIFY":
+        state = message.get("state")
+        if message.kind == "IDENTIFY" or state == "asking":
             joiner.asking_until = now + timing.ADVICE_TIMEOUT
-        elif message.kind == "HELLO":
-            joiner.asking_until = 0.0  # discovering again (after a backoff): not asking
+        elif message.kind == "HELLO" or state == "joining":
+            joiner.asking_until = 0.0  # discovering or waiting (it may have given way): not asking
 
     def remove(self, node_id: str, now: float, why: str, goodbye_ts: float | None = None) -> bool:
         self.departed[node_id] = (goodbye_ts, now)

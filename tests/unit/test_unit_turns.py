@@ -110,3 +110,23 @@ def test_a_replay_is_refused_before_its_signature_is_checked():
     except protocol.ProtocolError as exc:
         assert str(exc) == "replayed"
     assert checked == []
+
+
+def test_a_node_that_gives_way_says_so_and_is_no_longer_waited_for(make_agent, clock, fake_sock,
+                                                                   caplog):
+    agent = _discovered_one_member(make_agent, clock, caplog)
+    run_until(agent, clock, T0 + timing.DISCOVERY_MIN + EPS)
+    deliver(agent, "IDENTIFY", "bbbb-2", "build2", "10.9.0.12", T0 + 0.2, request="who_am_i",
+            joining_since=protocol.format_ts(T0 - 1))
+    fake_sock.clear()
+    step(agent, clock, T0 + 0.202)
+    assert agent.phase == "wait"
+    goodbyes = [m for m, _ in fake_sock.messages() if m.kind == "STATUS"]
+    assert [m.get("state") for m in goodbyes] == ["joining"]
+    # An observer that saw our IDENTIFY stops counting us as asking when that STATUS arrives.
+    observer = Membership(10.0)
+    observer.observe(message("IDENTIFY", agent.node_id, "build5", "10.9.0.2", T0 + 0.1,
+                             request="who_am_i"), "10.9.0.2", 50.0)
+    assert [j.hostname for j in observer.joiners_asking(50.1)] == ["build5"]
+    observer.observe(goodbyes[0], "10.9.0.2", 50.2)
+    assert observer.joiners_asking(50.3) == []
