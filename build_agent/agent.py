@@ -5,10 +5,12 @@ Phases of a node without an identity (each driven by ``tick`` and incoming messa
   discover  broadcast HELLO (timing.HELLO_SCHEDULE); members answer WELCOME with their role and
             how many established members they know.  Ends once that many have answered (after
             DISCOVERY_MIN) or at DISCOVERY_MAX.
-  wait      other nodes are joining ahead of us (earlier start, then lower node id): wait for
-            them to settle, so simultaneous joins get the roles of one-after-another joins.
+  wait      other nodes are joining ahead of us (earlier start, then lower node id), or some
+            node is asking right now: wait for them to settle.  One asker at a time is what
+            gives simultaneous joins the roles of one-after-another joins.
   ask       broadcast IDENTIFY; every established member's advisor answers ADVICE.  Ends when
-            every expected advisor answered, or at ADVICE_TIMEOUT.
+            every expected advisor answered, or at ADVICE_TIMEOUT; a node ahead of us asking at
+            the same moment sends us back to wait (its advice did not count that node).
   backoff   nobody advised: discover again after an increasing pause.
   operate   identity settled: heartbeats, WELCOMEs, membership, provisioning.
 A node that finds no established member and nobody joining ahead of it founds the hive.
