@@ -219,24 +219,10 @@ class Lab:
     def signal_ours(self, host: Host, sig: int, wait: float = 5.0) -> float:
         """Send sig to both daemons (agent first); unless wait is 0, wait for them to exit
         (SIGKILL after wait seconds).  Returns when the signal was sent."""
-        sent_at = time.time()
-        for what in ("agent", "advisor"):
-            if host.running(what):
-                try:
-                    host.procs[what].send_signal(sig)
-                except ProcessLookupError:
-                    pass
-        if wait > 0:
-            self.reap_ours(host, wait)
-        return sent_at
+        return self._signal(host, ("agent", "advisor"), sig, wait)
 
     def reap_ours(self, host: Host, wait: float = 5.0) -> None:
         self._reap(host, ("agent", "advisor"), wait)
-        for what in ("agent", "advisor"):
-            try:
-                (host.dir / f"{what}.pid").unlink()
-            except FileNotFoundError:
-                pass
 
     def wipe_state(self, host: Host) -> None:
         """Forget identity, peers and node id: the host's next start is a brand-new node."""
@@ -270,23 +256,10 @@ class Lab:
 
     def signal_serf(self, host: Host, sig: int, wait: float = 8.0) -> float:
         """SIGINT: graceful leave (Serf's default); SIGKILL: a crash.  wait 0: don't wait."""
-        sent_at = time.time()
-        if host.running("serf"):
-            try:
-                host.procs["serf"].send_signal(sig)
-            except ProcessLookupError:
-                pass
-        if wait > 0:
-            self.reap_serf(host, wait)
-        return sent_at
+        return self._signal(host, ("serf",), sig, wait)
 
     def reap_serf(self, host: Host, wait: float = 8.0) -> None:
         self._reap(host, ("serf",), wait)
-        host.rpc.close()
-        try:
-            (host.dir / "serf.pid").unlink()
-        except FileNotFoundError:
-            pass
 
     def serf_alive(self, host: Host, name_regex: str = "") -> set[str] | None:
         if not host.running("serf"):
@@ -294,7 +267,22 @@ class Lab:
         return host.rpc.try_alive_names(name_regex)
 
     # --- processes -----------------------------------------------------------------------------
+    def _signal(self, host: Host, names, sig: int, wait: float) -> float:
+        """Send sig to the named processes of host; unless wait is 0, reap them (SIGKILL after
+        wait seconds).  Returns when the signal was sent."""
+        sent_at = time.time()
+        for what in names:
+            if host.running(what):
+                try:
+                    host.procs[what].send_signal(sig)
+                except ProcessLookupError:
+                    pass
+        if wait > 0:
+            self._reap(host, names, wait)
+        return sent_at
+
     def _reap(self, host: Host, names, wait: float) -> None:
+        """Wait for the named processes to exit (SIGKILL after wait seconds) and forget them."""
         deadline = time.monotonic() + wait
         for what in names:
             proc = host.procs.get(what)
@@ -308,6 +296,13 @@ class Lab:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
+        if "serf" in names:
+            host.rpc.close()
+        for what in names:
+            try:
+                (host.dir / f"{what}.pid").unlink()
+            except FileNotFoundError:
+                pass
 
     def daemons(self, kinds=("agent", "advisor", "serf")) -> list[tuple[Host, str, int]]:
         return [(h, k, h.pid(k)) for h in self.hosts.values() for k in kinds if h.pid(k)]

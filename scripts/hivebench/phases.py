@@ -10,12 +10,10 @@ from __future__ import annotations
 import collections
 import json
 import os
-import select
 import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
