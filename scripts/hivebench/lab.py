@@ -324,6 +324,18 @@ class Lab:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
+        self._remove_lab()
+        self.hosts.clear()
+
+    def clean_leftovers(self) -> bool:
+        """Remove what a killed earlier run of this lab left behind.  True if there was any."""
+        if not leftover_lab(self.name):
+            return False
+        self._remove_lab()
+        return True
+
+    def _remove_lab(self) -> None:
+        """Namespaces, links, ARP limits and files of this lab, once its processes are gone."""
         cleanup_namespaces(self.name)
         remove_pid_files(self.dir)  # hive-lab down must not signal PIDs that may be reused
         try:
@@ -331,24 +343,9 @@ class Lab:
         except (LabError, subprocess.TimeoutExpired) as exc:
             self.log(f"warning: {exc}")
         remove_links(self.name)
+        # If hive-lab down stopped half-way, new hosts would be numbered after the leftovers.
         if self.dir.is_dir() and self.dir.parent == Path("/run/hive-lab"):
-            shutil.rmtree(self.dir, ignore_errors=True)  # hive-lab down stopped half-way
-        self.hosts.clear()
-
-    def clean_leftovers(self) -> bool:
-        """Remove what a killed earlier run of this lab left behind.  True if there was any."""
-        if not leftover_lab(self.name):
-            return False
-        cleanup_namespaces(self.name)
-        remove_pid_files(self.dir)
-        try:
-            self._hive_lab("down", timeout=120)
-        except (LabError, subprocess.TimeoutExpired) as exc:
-            self.log(f"warning: {exc}")
-        remove_links(self.name)
-        if self.dir.is_dir() and self.dir.parent == Path("/run/hive-lab"):
-            shutil.rmtree(self.dir, ignore_errors=True)  # else new hosts would be numbered on
-        return True
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def cleanup_namespaces(lab_name: str) -> int:
