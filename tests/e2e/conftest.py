@@ -31,7 +31,9 @@ TEST_POLICY_PACKAGES = ("hive-e2e-tool", "hive-e2e-lib")
 # Real packages (from the rootfs's debootstrap cache) that a test removes for install.sh to bring back.
 PREREQ_DEBS = ("jq", "arping")
 MEASUREMENTS: dict[str, dict] = {}
-_lab_numbers = itertools.count(1)
+# Lab numbers (bridge hve2eN, subnet 10.78.N) start at an offset taken from our PID, so two e2e
+# runs at once (two checkouts) do not tear down each other's labs.
+_lab_numbers = itertools.count(1 + (os.getpid() % 40) * 6)
 
 
 def measure(release: str, key: str, value) -> None:
