@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 
 from build_agent import daemon
-from build_agent.netif import open_broadcast_socket
+from build_agent.netif import open_broadcast_sockets
 
 from .advisor import Advisor
 from .policy import load_policy
@@ -17,12 +16,13 @@ LOG = logging.getLogger("build_advisor")
 
 def build(config, secrets, iface):
     policy = load_policy(config.policy)
-    sock = open_broadcast_socket(config.port)
-    advisor = Advisor(config, secrets, iface, socket.gethostname(), policy)
-    advisor.attach(sock)
+    hostname = daemon.local_hostname()
+    socks = open_broadcast_sockets(iface, config.port)
+    advisor = Advisor(config, secrets, iface, hostname, policy)
+    advisor.attach(socks[0])  # ADVICE is sent from it (the source address is the interface's)
     LOG.info("build-advisor %s on %s, port %d, policy %s", advisor.hostname, iface.address,
              config.port, config.policy or "default")
-    return advisor, [sock]
+    return advisor, socks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,7 +87,7 @@ class Advisor(Service):
                     "capabilities": dict(message.get("capabilities") or {})}
         advice = advise(self.policy, view, newcomer)
         payload = make_payload("ADVICE", self.node_id, self.hostname, self.iface.address,
-                               self.clock(),
+                               self.stamp(),
                                to=message.node_id, suggested_role=advice["role"],
                                packages=advice["packages"], config=advice["config"],
                                reason=advice["reason"])

@@ -73,7 +73,8 @@ class Agent(Service):
         if self.identity is not None:
             LOG.info("Already identified as: %s", self.identity["role"])
             self.phase = "operate"
-            self._broadcast("HELLO", role=self.identity["role"], capabilities=self.capabilities)
+            self._broadcast("HELLO", role=self.identity["role"], capabilities=self.capabilities,
+                            interval=self.config.heartbeat_interval)
             self.next_heartbeat = now
             if self.identity.get("provisioned") is not True:
                 self.next_provision = now
@@ -86,7 +87,7 @@ class Agent(Service):
 
     # --- sending ----------------------------------------------------------------------------
     def _payload(self, kind: str, **fields) -> dict:
-        return make_payload(kind, self.node_id, self.hostname, self.iface.address, self.clock(),
+        return make_payload(kind, self.node_id, self.hostname, self.iface.address, self.stamp(),
                             **fields)
 
     def _broadcast(self, kind: str, **fields) -> None:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from . import protocol
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
-from .protocol import Message, ProtocolError, ReplayGuard, RejectCounter
+from .protocol import Message, ProtocolError, ReplayGuard, RejectCounter, Stamper
 
 LOG = logging.getLogger(__name__)
 
@@ -75,6 +75,17 @@ def watchdog_period() -> float | None:
         return None
 
 
+def local_hostname() -> str:
+    """This machine's hostname, if the hive can carry it (ConfigError with what to do if not):
+    a node whose hostname receivers would reject must fail at start, not be silently muted."""
+    name = socket.gethostname()
+    if not protocol.is_valid_hostname(name):
+        raise ConfigError(f"hostname {name!r} cannot be sent in hive messages: use letters, "
+                          f"digits, '-', '_' and '.' (at most 253, not starting with '-' or "
+                          f"'.'), e.g. 'hostnamectl set-hostname build4'")
+    return name
+
+
 class Service:
     """A daemon's logic: the loop feeds it verified messages and wakes it at its deadlines.
 
@@ -94,6 +105,7 @@ class Service:
         self.secrets = list(secrets)
         self.node_id = node_id
         self.clock = clock
+        self.stamp = Stamper(clock)  # ts of the messages we send: strictly increasing
         self.replays = ReplayGuard()
         self.rejects = RejectCounter()
         self.received = 0
@@ -150,8 +162,11 @@ class Service:
             LOG.warning("Sending %s to %s failed: %s", payload.get("kind"), address[0], exc)
 
 
-def run(service: Service, sockets: Sequence[socket.socket]) -> int:
-    """Run the loop until SIGTERM/SIGINT; SIGHUP asks the service to reload."""
+def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str] = ()) -> int:
+    """Run the loop until SIGTERM/SIGINT; SIGHUP asks the service to reload.
+
+    READY=1 (with the ``ready`` lines) goes to systemd only once the signal handlers are in
+    place: a `systemctl reload` right after start must reach a handler, not kill the daemon."""
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
@@ -171,6 +186,7 @@ def run(service: Service, sockets: Sequence[socket.socket]) -> int:
     selector.register(wake_r, selectors.EVENT_READ, None)
     for sock in sockets:
         selector.register(sock, selectors.EVENT_READ, sock)
+    notify("READY=1", *ready)
     dog = watchdog_period()
     next_dog = time.monotonic()
     try:
@@ -253,5 +269,4 @@ def main(prog: str, description: str, argv: Sequence[str] | None, build: Builder
         LOG.error("%s: permission denied on %s: run it as root (or through systemd)", prog,
                   exc.filename)
         return 1
-    notify("READY=1", f"STATUS={prog} listening on {iface.address}:{config.port}")
-    return run(service, sockets)
+    return run(service, sockets, ready=[f"STATUS={prog} listening on {iface.address}:{config.port}"])

@@ -82,7 +82,11 @@ class Membership:
     # --- updates: each returns True when the set of members or a role changed -----------------
     def observe(self, message: Message, source_ip: str, now: float) -> bool:
         kind = message.kind
+        member = self.members.get(message.node_id)
+        stale = member is not None and message.ts < member.last_ts
         if kind in ("STATUS", "HEARTBEAT") and message.get("state") == "leaving":
+            if stale:
+                return False  # a goodbye older than what it said since: not a goodbye now
             return self.remove(message.node_id, now, "left the hive", goodbye_ts=message.ts)
         if kind not in ("HELLO", "WELCOME", "IDENTIFY", "STATUS", "HEARTBEAT"):
             return False
@@ -90,10 +94,11 @@ class Membership:
         if goodbye_ts is not None and message.ts <= goodbye_ts:
             return False
         self.departed.pop(message.node_id, None)
-        member = self.members.get(message.node_id)
-        if member is not None and message.ts < member.last_ts:
+        if stale:
             # Older than what we applied: e.g. a WELCOME it sent while joining, delivered (on
-            # the unicast socket) after the STATUS announcing its role.  It must not demote it.
+            # the unicast socket) after the STATUS announcing its role.  It must not demote
+            # it, but it is verified and fresh (no replay): the sender is alive.
+            member.last_seen = max(member.last_seen, now)
             return False
         role = _role_of(message) if kind != "IDENTIFY" else None
         if role:
@@ -105,7 +110,9 @@ class Membership:
 
     def _upsert(self, message: Message, source_ip: str, role: str, now: float) -> bool:
         self.joiners.pop(message.node_id, None)
-        interval = message.get("interval") or self.default_interval
+        # A sender that states no interval is a reference-script node (HEARTBEAT about every
+        # 32 s): judged by that cadence, not ours, so a mixed hive stays stable.
+        interval = message.get("interval") or timing.REFERENCE_INTERVAL
         member = self.members.get(message.node_id)
         changed = member is None or member.role != role
         if member is None:

@@ -1,13 +1,17 @@
 """Sockets and interface facts: the only module that knows how the hive reaches the LAN.
 
-Both daemons of a node share UDP port 50555:
-- each binds the wildcard address with SO_REUSEADDR, so every broadcast reaches both;
-- the agent also binds the node's own unicast address, which Linux prefers over the wildcard
-  for unicast, so replies (WELCOME, ADVICE) sent to port 50555 reach the agent deterministically.
+Both daemons of a node receive the hive's broadcasts on UDP 50555, and only the agent receives
+what is sent to the node's own address (WELCOME, ADVICE):
+- broadcasts: each daemon binds the interface's broadcast address (and 255.255.255.255) with
+  SO_REUSEADDR, so every broadcast reaches both daemons;
+- unicast: the agent binds the node's own address WITHOUT SO_REUSEADDR.  Linux then refuses
+  any other socket on that address and port, and on the wildcard address too (it would
+  overlap), whoever asks: no local process, of any user, can take the agent's replies.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import logging
@@ -86,9 +90,13 @@ def find_interface(configured: str) -> Interface:
     return interface_info(configured or default_route_interface())
 
 
-def _udp_socket() -> socket.socket:
+LIMITED_BROADCAST = "255.255.255.255"
+
+
+def _udp_socket(reuse: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
@@ -98,23 +106,34 @@ def _udp_socket() -> socket.socket:
     return sock
 
 
-def open_broadcast_socket(port: int) -> socket.socket:
-    """Bound to the wildcard address: receives every broadcast on the port."""
-    sock = _udp_socket()
-    try:
-        sock.bind(("", port))
-    except OSError as exc:
-        sock.close()
-        raise NetworkError(f"cannot bind UDP port {port}: {exc.strerror}") from None
-    return sock
-
-
-def open_unicast_socket(address: str, port: int) -> socket.socket:
-    """Bound to the node's own address: receives the unicast replies meant for the agent."""
-    sock = _udp_socket()
+def _bind(sock: socket.socket, address: str, port: int, what: str) -> socket.socket:
     try:
         sock.bind((address, port))
     except OSError as exc:
         sock.close()
-        raise NetworkError(f"cannot bind {address}:{port}: {exc.strerror}") from None
+        hint = (": another program holds the port (is a second build-agent running?)"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise NetworkError(f"cannot bind {what} {address}:{port}: {exc.strerror}{hint}") from None
     return sock
+
+
+def open_broadcast_sockets(iface: Interface, port: int) -> list[socket.socket]:
+    """Sockets that receive the hive's broadcasts: to the subnet's broadcast address and to
+    255.255.255.255.  Shared (SO_REUSEADDR) by both daemons and `hive watch`; sending from one
+    uses the interface's own address as source."""
+    addresses = [iface.broadcast] + ([LIMITED_BROADCAST] if iface.broadcast != LIMITED_BROADCAST
+                                     else [])
+    sockets: list[socket.socket] = []
+    try:
+        for address in addresses:
+            sockets.append(_bind(_udp_socket(reuse=True), address, port, "UDP broadcast"))
+    except NetworkError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def open_unicast_socket(address: str, port: int) -> socket.socket:
+    """Bound to the node's own address, exclusively: receives the replies meant for the agent."""
+    return _bind(_udp_socket(reuse=False), address, port, "UDP")

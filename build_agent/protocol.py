@@ -60,7 +60,11 @@ KINDS = ("HELLO", "WELCOME", "IDENTIFY", "ADVICE", "STATUS", "HEARTBEAT", "TASK"
 ROLE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+\Z")
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})\Z")
+# What Linux and systemd allow in a hostname: letters, digits, '-', '_' and '.' (VM names often
+# carry '_'), up to an FQDN's 253 characters.
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,252})\Z")
+# A join round's id (IDENTIFY) echoed by its ADVICE: advice for an abandoned round never counts.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z\Z")
 
 
@@ -79,6 +83,10 @@ def _fail(what: str) -> None:
 
 def is_valid_role(name: Any) -> bool:
     return isinstance(name, str) and ROLE_RE.match(name) is not None
+
+
+def is_valid_hostname(name: Any) -> bool:
+    return isinstance(name, str) and HOSTNAME_RE.match(name) is not None
 
 
 def is_valid_package(name: Any) -> bool:
@@ -153,7 +161,13 @@ def _timestamp(nullable: bool = False) -> Validator:
 
 def _object(max_json: int) -> Validator:
     def check(value: Any) -> Any:
-        if not isinstance(value, dict) or len(json.dumps(value)) > max_json:
+        if not isinstance(value, dict):
+            _fail("object")
+        try:  # what a receiver can parse: JSON values only (no sets, no NaN), within the size
+            size = len(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError, RecursionError):
+            _fail("object")
+        if size > max_json:
             _fail("object")
         return value
     return check
@@ -210,6 +224,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("joining_since", _timestamp(nullable=True), False),
         ("role", _role(nullable=True), False),
         ("capabilities", _capabilities, False),
+        ("interval", _number(0.05, 86400), False),
     ),
     "WELCOME": (
         ("to", _text(64, NODE_ID_RE), False),
@@ -221,6 +236,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
     ),
     "IDENTIFY": (
         ("request", _text(32), False),
+        ("request_id", _text(32, REQUEST_ID_RE), False),
         ("candidate_ip", _ip(nullable=True), False),
         ("capabilities", _capabilities, False),
         ("attempt", _number(0, 1000, integer=True), False),
@@ -232,6 +248,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("packages", _packages, True),
         ("config", _object(4096), True),
         ("reason", _text(300), True),
+        ("request_id", _text(32, REQUEST_ID_RE), False),
     ),
     "STATUS": (
         ("role", _role(nullable=True), False),
@@ -326,9 +343,18 @@ def make_payload(kind: str, node_id: str, hostname: str, primary_ip: str, now: f
 
 
 def encode(payload: dict, secret: bytes) -> bytes:
-    """Sign a payload and return the datagram; ProtocolError if it would exceed MAX_DATAGRAM."""
-    envelope = {"magic": MAGIC, "payload": payload, "sig": sign(payload, secret)}
-    data = json.dumps(envelope, separators=(",", ":")).encode("ascii")
+    """Sign a payload and return the datagram.
+
+    The payload is checked with exactly the rules a receiver applies (``validate``): a message
+    the hive would drop is never sent, so a node is never silently muted.  ProtocolError says
+    why (also for a datagram over MAX_DATAGRAM or a value JSON cannot carry, such as NaN)."""
+    validate(payload)
+    try:
+        signature = sign(payload, secret)
+        envelope = {"magic": MAGIC, "payload": payload, "sig": signature}
+        data = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode("ascii")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"not json: {exc}") from None
     if len(data) > MAX_DATAGRAM:
         raise ProtocolError("oversized")
     return data
@@ -379,7 +405,10 @@ def validate(payload: dict) -> Message:
     for name, check in COMMON_FIELDS:
         if name not in payload:
             raise ProtocolError(f"missing field: {name}")
-        check(payload[name])
+        try:
+            check(payload[name])
+        except ProtocolError:
+            raise ProtocolError(f"bad field: {name}") from None
     kind = payload["kind"]
     if kind not in KIND_FIELDS:
         raise ProtocolError(f"unknown kind: {kind}")
@@ -396,14 +425,15 @@ def validate(payload: dict) -> Message:
 
 
 def decode(data: bytes, secrets: Sequence[bytes], now: float,
-           seen: Callable[[str], bool] | None = None) -> Message:
+           seen: Callable[[dict], bool] | None = None) -> Message:
     """Bytes -> verified, fresh, well-formed Message.
 
-    ``seen`` (a ReplayGuard) drops a signature already seen before the costly checks, so a
-    flood of replays is cheap to refuse; the guard remembers only what passed them.
+    ``seen`` (a ReplayGuard) refuses a message no newer than one already accepted from its
+    sender before the costly checks, so a flood of replays is cheap to refuse; the guard
+    remembers only what passed them (see ReplayGuard.is_replay).
     """
     payload, sig = parse_envelope(data)
-    if seen is not None and seen(sig):
+    if seen is not None and seen(payload):
         raise ProtocolError("replayed")
     verify(payload, sig, secrets)
     message = validate(payload)
@@ -414,43 +444,72 @@ def decode(data: bytes, secrets: Sequence[bytes], now: float,
 
 
 class ReplayGuard:
-    """Remembers signatures seen within the skew window; an exact repeat is a replay.
+    """Replay protection that holds at any hive size: per sender and kind, the newest ``ts``
+    accepted.  A message that is not strictly newer is a replay (goodbyes included).
 
-    Bounded: at most ``size`` entries, the oldest forgotten first.  A message older than the
-    window is already refused by ``decode`` as stale, so forgetting it here is safe.
+    Senders stamp their messages with strictly increasing times (``Stamper``), so a sender's
+    messages of one kind arrive with growing ``ts`` even across a wall-clock step back.  Memory
+    is one entry per (sender, kind): bounded by ``size`` (least recently used forgotten first),
+    and an entry older than the skew window is dropped, since decode() refuses anything that
+    old as stale anyway.  Only verified messages create entries, so a flood of forgeries
+    cannot push real senders out.
     """
 
-    def __init__(self, size: int = timing.REPLAY_CACHE_SIZE,
+    def __init__(self, size: int = timing.REPLAY_GUARD_SENDERS,
                  window: float = timing.MAX_CLOCK_SKEW) -> None:
         self.size = size
         self.window = window
-        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._newest: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
 
-    def __call__(self, sig: str) -> bool:
-        """Has this signature been seen (a cheap pre-check; see decode)?"""
-        return sig in self._seen
+    def __call__(self, payload: dict) -> bool:
+        """Cheap pre-check on an unverified payload: is it no newer than what we accepted?"""
+        try:
+            key = (payload["node_id"], payload["kind"])
+            newest = self._newest.get(key)
+            return newest is not None and parse_ts(payload.get("ts")) <= newest
+        except (KeyError, TypeError, ProtocolError):
+            return False  # malformed: decode() refuses it with the precise reason
 
     def is_replay(self, message: Message, now: float) -> bool:
+        """For a verified message: True if it is a replay, else remember it as the newest."""
         self._expire(now)
-        if message.sig in self._seen:
+        key = (message.node_id, message.kind)
+        newest = self._newest.get(key)
+        if newest is not None and message.ts <= newest:
             return True
-        # After ts + window, decode() refuses the message as stale: no need to remember it.
-        self._seen[message.sig] = message.ts + self.window
-        while len(self._seen) > self.size:
-            self._seen.popitem(last=False)
+        self._newest[key] = message.ts
+        self._newest.move_to_end(key)
+        while len(self._newest) > self.size:
+            self._newest.popitem(last=False)
         return False
 
     def _expire(self, now: float) -> None:
-        # Entries are in arrival order, so expiries are only roughly sorted: stop at the first
-        # live one; a later, already expired entry is dropped on a later call or by the bound.
-        while self._seen:
-            expiry = next(iter(self._seen.values()))
-            if expiry > now:
+        # Least recently updated first: stop at the first entry still inside the window.
+        while self._newest:
+            key, newest = next(iter(self._newest.items()))
+            if newest + self.window > now:
                 break
-            self._seen.popitem(last=False)
+            del self._newest[key]
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._newest)
+
+
+class Stamper:
+    """Strictly increasing message times (microseconds) from a wall clock that may step back.
+
+    A receiver's ReplayGuard refuses a message no newer than the last one of its kind from us;
+    after an NTP step back we keep counting up from the last stamp until the clock catches up
+    (within MAX_CLOCK_SKEW, so receivers still find the stamp fresh)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._last_us = 0
+
+    def __call__(self) -> float:
+        now_us = int(self.clock() * 1_000_000)
+        self._last_us = max(now_us, self._last_us + 1)
+        return self._last_us / 1_000_000
 
 
 @dataclass

@@ -3,8 +3,9 @@
 # Replay protection: a message whose ts is further than this from local time is dropped
 # (the DNS TSIG and Kerberos default clock skew).
 MAX_CLOCK_SKEW = 300.0
-# How many recently seen signatures the replay cache remembers (oldest forgotten first).
-REPLAY_CACHE_SIZE = 8192
+# Replay protection remembers the newest ts per (sender, kind): at most this many entries
+# (a 200-node hive with its kinds needs about 1,400; least recently used forgotten first).
+REPLAY_GUARD_SENDERS = 16384
 
 # Discovery: HELLO is broadcast at these offsets from the start of discovery.
 HELLO_SCHEDULE = (0.0, 0.25, 0.75)
@@ -30,6 +31,9 @@ JOINING_PEER_TIMEOUT = 3.5
 
 # A member is dead after missing this many of its own heartbeat intervals.
 DEAD_AFTER_INTERVALS = 3
+# A sender that states no interval (a node of the reference scripts: HEARTBEAT, no
+# ``interval``) heartbeats about every 32 s: it is given this interval, not ours.
+REFERENCE_INTERVAL = 32.0
 
 # Provisioning: apt-get update attempts, the pause between them, and the retry of a failed install.
 APT_UPDATE_ATTEMPTS = 3

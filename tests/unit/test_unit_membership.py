@@ -190,11 +190,16 @@ def test_expiry_after_three_of_the_senders_intervals(ms, interval):
     assert A not in ms.members
 
 
-def test_expiry_uses_the_default_interval_when_the_sender_gives_none(ms):
-    ms.observe(msg("WELCOME", A, role="builder"), "10.0.0.5", T0)
-    assert ms.members[A].interval == 10.0
-    assert not ms.expire(T0 + 29.9)
-    assert ms.expire(T0 + 30.0)
+def test_a_sender_that_gives_no_interval_is_judged_by_the_reference_cadence(ms):
+    # A reference-script node heartbeats about every 32 s and says nothing of its interval:
+    # our own (10 s here) would drop it 30 s after each heartbeat and re-add it 2 s later.
+    ms.observe(msg("HEARTBEAT", A, identity={"role": "builder"}), "10.0.0.5", T0)
+    assert ms.members[A].interval == timing.REFERENCE_INTERVAL == 32.0
+    assert not ms.expire(T0 + 3 * 32.0 - 0.1)
+    ms.observe(msg("HEARTBEAT", A, T0 + 32.5, identity={"role": "builder"}), "10.0.0.5",
+               T0 + 32.5)
+    assert not ms.expire(T0 + 32.5 + 95.9)
+    assert ms.expire(T0 + 32.5 + 96.0)
 
 
 def test_each_heartbeat_pushes_the_deadline(ms):

@@ -301,46 +301,94 @@ def test_format_ts_round_trips():
 
 # --- replays ------------------------------------------------------------------------------------
 
-def test_exact_repeat_is_a_replay_and_a_new_message_is_not():
+def test_a_message_no_newer_than_its_senders_last_is_a_replay():
     guard = ReplayGuard()
     first = decode(datagram(base(now=T0)))
     again = decode(datagram(base(now=T0)))  # the same bytes received twice
     other = decode(datagram(base(now=T0 + 0.001)))
+    older = decode(datagram(base(now=T0 - 5)))  # an earlier message of the sender, replayed late
     assert not guard.is_replay(first, T0)
     assert guard.is_replay(again, T0 + 1)
     assert not guard.is_replay(other, T0 + 1)
     assert guard.is_replay(other, T0 + 2)
+    assert guard.is_replay(older, T0 + 2)
+    assert len(guard) == 1  # one entry per sender and kind, however many messages
+
+
+def test_each_kind_of_a_sender_is_tracked_on_its_own():
+    # The agent (STATUS, HELLO ...) and the advisor (ADVICE) of one node share its node id.
+    guard = ReplayGuard()
+    status = decode(datagram(base("STATUS", now=T0 + 1, role="builder")))
+    hello = decode(datagram(base("HELLO", now=T0)))
+    assert not guard.is_replay(status, T0 + 1)
+    assert not guard.is_replay(hello, T0 + 1)
     assert len(guard) == 2
 
 
-def test_replay_cache_is_bounded_and_forgets_the_oldest():
+def test_replay_protection_holds_at_any_rate_and_hive_size():
+    """The old signature cache (8192 entries) forgot a message after ~27 messages/s for 300 s;
+    a 200-node hive exceeds that.  Here 200 senders send 60,000 messages: every one of them,
+    replayed at the end, is still refused, with one entry per sender."""
+    guard = ReplayGuard()
+    last = {}
+    for i in range(60_000):
+        node = f"node-{i % 200:03d}"
+        msg = Message("STATUS", node, "h", "10.0.0.1", T0 + i * 0.005, {}, f"{i:064x}")
+        assert not guard.is_replay(msg, T0 + i * 0.005)
+        last[node] = msg
+    for msg in last.values():
+        assert guard.is_replay(msg, T0 + 300)
+    early = Message("STATUS", "node-007", "h", "10.0.0.1", T0 + 1.0, {}, "e" * 64)
+    assert guard.is_replay(early, T0 + 300)
+    assert len(guard) == 200
+
+
+def test_a_replayed_goodbye_is_refused():
+    guard = ReplayGuard()
+    goodbye = decode(datagram(base("STATUS", now=T0, role="builder", state="leaving")))
+    back = decode(datagram(base("STATUS", now=T0 + 30, role="builder", state="active")))
+    assert not guard.is_replay(goodbye, T0)
+    assert not guard.is_replay(back, T0 + 30)
+    assert guard.is_replay(goodbye, T0 + 31)
+
+
+def test_the_guard_is_bounded_and_forgets_the_least_recent_sender():
     guard = ReplayGuard(size=3)
-    messages = [decode(datagram(base(now=T0 + i))) for i in range(5)]
+    messages = [Message("STATUS", f"n{i}", "h", "10.0.0.1", T0 + i, {}, "") for i in range(5)]
     for message in messages:
         assert not guard.is_replay(message, T0 + 5)
     assert len(guard) == 3
     assert guard.is_replay(messages[4], T0 + 5)   # newest still remembered
-    assert not guard.is_replay(messages[0], T0 + 5)  # oldest forgotten
+    assert not guard.is_replay(messages[0], T0 + 5)  # least recent forgotten
     assert len(guard) == 3
+    assert ReplayGuard().size == timing.REPLAY_GUARD_SENDERS > 0
 
 
-def test_replay_cache_is_bounded_by_default():
-    assert ReplayGuard().size == timing.REPLAY_CACHE_SIZE > 0
-
-
-def test_replay_cache_entries_expire_after_the_window():
+def test_guard_entries_expire_after_the_window():
     guard = ReplayGuard(window=300.0)
     message = decode(datagram(base()))
     assert not guard.is_replay(message, T0)
     # Remembered for as long as decode() would still call the message fresh (ts + window) ...
     assert guard.is_replay(message, message.ts + 299.0)
-    assert len(guard) == 1
     # ... and forgotten after that (decode refuses it as stale by then anyway).
-    guard2 = ReplayGuard(window=300.0)
-    guard2.is_replay(message, T0)
-    decoy = decode(datagram(base(now=T0 + 700)), now=T0 + 700)
-    assert not guard2.is_replay(decoy, T0 + 700)
-    assert len(guard2) == 1  # the old entry expired
+    other = Message("HELLO", "other", "h", "10.0.0.1", T0 + 700, {}, "")
+    assert not guard.is_replay(other, T0 + 700)
+    assert len(guard) == 1  # the old entry expired
+
+
+def test_stamps_increase_strictly_even_when_the_clock_steps_back():
+    clock = [T0]
+    stamp = protocol.Stamper(lambda: clock[0])
+    first = stamp()
+    assert first == pytest.approx(T0, abs=1e-6)
+    assert stamp() > first  # same clock reading: still later
+    clock[0] = T0 - 30  # NTP steps the clock back 30 s
+    stamps = [stamp() for _ in range(3)]
+    assert stamps == sorted(stamps) and stamps[0] > first
+    # Every stamp survives the trip through the wire format, still in order.
+    assert [protocol.parse_ts(protocol.format_ts(x)) for x in stamps] == stamps
+    clock[0] = T0 + 10
+    assert stamp() == pytest.approx(T0 + 10, abs=1e-6)
 
 
 # --- fields: required, types, lengths -------------------------------------------------------
@@ -457,7 +505,7 @@ INVALID_IPS = ["256.1.1.1", "1.2.3", "1.2.3.4.5", "::1", "fe80::1", "10.0.0.1 ",
 
 @pytest.mark.parametrize("ip", INVALID_IPS)
 def test_invalid_primary_ip(ip):
-    assert reason(datagram(base(primary_ip=ip))) == "bad field: ip"
+    assert reason(datagram(base(primary_ip=ip))) == "bad field: primary_ip"
 
 
 @pytest.mark.parametrize("ip", [ip for ip in INVALID_IPS if ip is not None])

@@ -91,7 +91,7 @@ def test_a_late_welcome_does_not_demote_a_member():
     assert members.joiners == {}
 
 
-def test_a_replay_is_refused_before_its_signature_is_checked():
+def test_a_replay_is_refused_before_its_signature_is_checked():  # (and so is an older message)
     guard = protocol.ReplayGuard()
     data = protocol.encode(protocol.make_payload("STATUS", "cccc-3", "build3", "10.9.0.13", T0,
                                                  role="builder"), SECRET)
