@@ -149,10 +149,10 @@ check_existing_secret() {
     mode=$(stat -L -c '%a' "$SECRET")
     [ "$owner" -eq 0 ] || err "$SECRET is owned by uid $owner, not root: run 'chown root:root $SECRET' and install.sh again"
     if (( 8#$mode & 8#077 )); then
-        err "$SECRET has mode 0$mode (readable by others): run 'chmod 0600 $SECRET' and install.sh again"
+        err "$SECRET has mode 0$mode (group or others may read it): run 'chmod 0600 $SECRET' and install.sh again"
     fi
-    # Every non-empty line is a secret (the first signs); never print them.
-    shortest=$(awk 'NF && !/^#/ { gsub(/^[ \t\r]+|[ \t\r]+$/, ""); if (min == "" || length($0) < min) min = length($0) } END { print (min == "" ? 0 : min) }' "$SECRET")
+    # Every non-blank line is a secret (the first signs; '#' starts no comment); never print them.
+    shortest=$(awk 'NF { gsub(/^[ \t\r]+|[ \t\r]+$/, ""); if (min == "" || length($0) < min) min = length($0) } END { print (min == "" ? 0 : min) }' "$SECRET")
     [ "$shortest" -ge "$MIN_SECRET_LEN" ] || err "$SECRET holds no secret or one shorter than $MIN_SECRET_LEN characters: put the hive's secret in it (a new hive: 'openssl rand -hex 32')"
 }
 

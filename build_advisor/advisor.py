@@ -30,6 +30,12 @@ def member_view(member: Member) -> dict:
             "role": member.role, "capabilities": dict(member.capabilities)}
 
 
+def _echo_request_id(identify: Message) -> dict:
+    """ADVICE carries the asker's round id, when it sent one (reference nodes do not)."""
+    request_id = identify.get("request_id")
+    return {"request_id": request_id} if request_id else {}
+
+
 class Advisor(Service):
     def __init__(self, config: Config, secrets: Sequence[bytes], iface: Interface, hostname: str,
                  policy: Policy, clock: Callable[[], float] = time.time) -> None:
@@ -40,6 +46,7 @@ class Advisor(Service):
         self.membership = Membership(config.heartbeat_interval)
         self.sock = None
         self._peers_mtime = 0.0
+        self._next_id_read = 0.0
         self.advised = 0
 
     def attach(self, sock) -> None:
@@ -90,7 +97,7 @@ class Advisor(Service):
                                self.stamp(),
                                to=message.node_id, suggested_role=advice["role"],
                                packages=advice["packages"], config=advice["config"],
-                               reason=advice["reason"])
+                               reason=advice["reason"], **_echo_request_id(message))
         self.send(self.sock, payload, (source_ip, self.config.port))
         self.advised += 1
         LOG.info(" -> %s: become '%s' (%s) [%d peer(s) in view]", message.hostname,
@@ -98,7 +105,10 @@ class Advisor(Service):
 
     def tick(self, now: float) -> float:
         self.membership.expire(now)
-        if self.node_id is None:
-            self.node_id = state.read_node_id(self.config.node_id_path)
+        if self.node_id is None or now >= self._next_id_read:
+            # The agent creates the node id, and replaces it on a cloned machine: follow it
+            # (read at most once per PEERS_FILE_POLL, when awake anyway).
+            self.node_id = state.read_node_id(self.config.node_id_path) or self.node_id
+            self._next_id_read = now + timing.PEERS_FILE_POLL
         return min(self.membership.next_deadline(),
                    now + timing.PEERS_FILE_POLL if self.node_id is None else float("inf"))

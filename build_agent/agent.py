@@ -18,6 +18,7 @@ A node that finds no established member and nobody joining ahead of it founds th
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
@@ -30,9 +31,13 @@ from .config import Config
 from .daemon import Service
 from .membership import Membership, join_order_key
 from .netif import Interface
-from .protocol import Message, format_ts, format_ts_seconds, make_payload
+from .protocol import Message, format_ts, format_ts_seconds, make_payload, parse_ts
 
 LOG = logging.getLogger(__name__)
+
+
+def _ip_value(address: str) -> int:
+    return int(ipaddress.IPv4Address(address))
 
 
 class Agent(Service):
@@ -47,6 +52,9 @@ class Agent(Service):
         self.installer = installer
         self.membership = Membership(config.heartbeat_interval)
         self.identity: dict | None = None
+        self.started_text = format_ts(clock())  # wall time this agent began using node_id
+        self._clones_seen: set[str] = set()
+        self._identity_removed = False
         self.broadcast_sock = None
         self.unicast_sock = None
         self.phase = "new"
@@ -55,6 +63,7 @@ class Agent(Service):
         self.joining_since: float | None = None
         self.max_members_reported = 0
         self.advice: dict[str, consensus.Advice] = {}
+        self.request_id = ""
         self.expected_advisors = 0
         self.reask_backoff = timing.REASK_BACKOFF_FIRST
         self.next_heartbeat = 0.0
@@ -87,6 +96,8 @@ class Agent(Service):
 
     # --- sending ----------------------------------------------------------------------------
     def _payload(self, kind: str, **fields) -> dict:
+        if kind in ("HELLO", "WELCOME", "STATUS"):
+            fields["started"] = self.started_text  # settles who keeps a node id two nodes share
         return make_payload(kind, self.node_id, self.hostname, self.iface.address, self.stamp(),
                             **fields)
 
@@ -134,14 +145,53 @@ class Agent(Service):
     def _on_advice(self, message: Message) -> None:
         if self.phase != "ask" or message.get("to") not in (None, self.node_id):
             return
+        if message.get("request_id") not in (None, self.request_id):
+            return  # advice for an earlier round (reference advisors send no request id)
         if message.node_id in self.advice:
             return  # one vote per advisor: a retransmission counts once
+        if message.node_id not in self.membership.members:
+            LOG.warning("Ignoring advice from %s (%s): not an established member of the hive",
+                        message.hostname, message.primary_ip)
+            return
         role = message.get("suggested_role")
         reason = message.get("reason")
         self.advice[message.node_id] = consensus.Advice(
             message.node_id, message.hostname, role, tuple(message.get("packages")),
             dict(message.get("config")), reason)
         LOG.info(" <- %s: become '%s' (%s)", message.hostname, role, reason)
+
+    def own_id_heard(self, message: Message, now: float) -> None:
+        """Another machine uses our node id: a clone of one image.  Both sides see it; the
+        younger one (the later ``started``, then the higher address; a sender stating no start
+        counts as older) takes a fresh id, so both stay in the hive as two members."""
+        if message.hostname == self.hostname and message.primary_ip == self.iface.address:
+            return  # our own broadcast
+        theirs = message.get("started")
+        mine_key = (parse_ts(self.started_text), _ip_value(self.iface.address))
+        their_key = (parse_ts(theirs) if theirs else float("-inf"), _ip_value(message.primary_ip))
+        if mine_key > their_key:
+            self._take_fresh_node_id(message)
+        elif message.primary_ip not in self._clones_seen:
+            self._clones_seen.add(message.primary_ip)
+            LOG.warning("%s (%s) uses this node's id %s too (a cloned machine?); this node keeps "
+                        "it and %s takes a fresh one", message.hostname, message.primary_ip,
+                        self.node_id, message.hostname)
+
+    def _take_fresh_node_id(self, other: Message) -> None:
+        old, self.node_id = self.node_id, state.new_uuid4()
+        state.write_node_id(self.config.node_id_path, self.node_id)
+        self.started_text = format_ts(self.clock())
+        LOG.warning("Node id %s is also used by %s (%s), which has had it longer (a cloned "
+                    "machine?): this node now uses %s", old, other.hostname, other.primary_ip,
+                    self.node_id)
+        if self.identity is not None:
+            self._update_identity(node_id=self.node_id)
+            self._broadcast("HELLO", role=self.identity["role"], capabilities=self.capabilities,
+                            interval=self.config.heartbeat_interval)
+            self.next_heartbeat = float("-inf")  # and a heartbeat at the next tick
+        else:
+            self.phase = "new"  # the hive knew our joining under the old id: start over
+        self.peers_dirty = True
 
     # --- time -------------------------------------------------------------------------------
     def tick(self, now: float) -> float:
@@ -159,7 +209,7 @@ class Agent(Service):
             deadlines.append(self._tick_provisioning(now))
         else:
             if now >= self.next_keepalive:
-                self._heartbeat("asking" if self.phase == "ask" else "joining")
+                self._heartbeat({"ask": "asking", "backoff": "backoff"}.get(self.phase, "joining"))
                 self.next_keepalive = now + timing.JOINING_KEEPALIVE
             deadlines.append(self.next_keepalive)
         if self.peers_dirty:
@@ -228,6 +278,7 @@ class Agent(Service):
         LOG.info("Asking peers for role assignment...")
         self.phase, self.phase_start, self.sent = "ask", now, 0
         self.advice = {}
+        self.request_id = os.urandom(8).hex()  # advice for another round never counts here
         self.expected_advisors = len(members)
         return self._tick_ask(now)
 
@@ -236,8 +287,9 @@ class Agent(Service):
 
     def _tick_ask(self, now: float) -> float:
         next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, lambda: self._broadcast(
-            "IDENTIFY", request="who_am_i", candidate_ip=None, capabilities=self.capabilities,
-            attempt=self.sent, joining_since=self._joining_since_text()))
+            "IDENTIFY", request="who_am_i", request_id=self.request_id, candidate_ip=None,
+            capabilities=self.capabilities, attempt=self.sent,
+            joining_since=self._joining_since_text()))
         key = join_order_key(self.joining_since, self.node_id)
         rivals = [j for j in self.membership.joiners_asking(now) if j.key < key]
         if rivals:
@@ -264,6 +316,11 @@ class Agent(Service):
                         self.reask_backoff)
             self.phase, self.phase_start = "backoff", now + self.reask_backoff
             self.reask_backoff = min(self.reask_backoff * 2, timing.REASK_BACKOFF_MAX)
+            # Whoever can be advised goes first: we pause saying so (STATUS 'backoff', never
+            # waited for) and come back at the end of the queue, behind those now waiting.
+            self.joining_since = self.clock()
+            self._heartbeat("backoff")
+            self.next_keepalive = now + timing.JOINING_KEEPALIVE
             return self.phase_start
         return min(next_send, self.phase_start + timing.ADVICE_TIMEOUT)
 
@@ -293,6 +350,7 @@ class Agent(Service):
                         hostname=self.hostname, provisioned=False, provision_error=None)
         state.write_json_atomic(self.config.identity_path, identity)
         self.identity = identity
+        self._identity_removed = False
         self.phase = "operate"
         self.joining_since = None
         self.reask_backoff = timing.REASK_BACKOFF_FIRST
@@ -337,14 +395,27 @@ class Agent(Service):
             LOG.error("Installing packages failed: %s; retrying in %.0fs", error,
                       timing.PROVISION_RETRY)
             self.next_provision = now + timing.PROVISION_RETRY
-        self.identity.update(provisioned=error is None, provision_error=error,
-                             provisioned_at=format_ts_seconds(self.clock()))
+        self._update_identity(provisioned=error is None, provision_error=error,
+                              provisioned_at=format_ts_seconds(self.clock()))
+
+    # --- state files --------------------------------------------------------------------------
+    def _update_identity(self, **fields) -> None:
+        """Record fields in identity.json, unless it was removed behind our back (`hive reset
+        --no-restart`): the user asked for a new identity at the next start, so the old one is
+        not written back."""
+        self.identity.update(fields)
+        if not os.path.exists(self.config.identity_path):
+            if not self._identity_removed:
+                self._identity_removed = True
+                LOG.warning("%s was removed (hive reset?): not writing it back; restart "
+                            "build-agent to ask the hive for a new identity",
+                            self.config.identity_path)
+            return
         try:
             state.write_json_atomic(self.config.identity_path, self.identity)
         except OSError as exc:
             LOG.error("Cannot update %s: %s", self.config.identity_path, exc)
 
-    # --- state files --------------------------------------------------------------------------
     def _write_peers(self, now: float) -> None:
         wall = self.clock()
         data = {

@@ -113,10 +113,12 @@ def secret_path(config: Config) -> str:
 
 
 def load_secrets(path: str) -> list[bytes]:
-    """All secrets in the file, one per line: the first signs, all verify.
+    """All secrets in the file, one per non-blank line (surrounding blanks trimmed, no comment
+    syntax: a line starting with '#' is a secret too): the first signs, all verify.
 
-    Refuses (ConfigError) a missing or unreadable file, one readable by others, and any secret
-    shorter than MIN_SECRET_LEN characters: the hive never runs unsigned.
+    Refuses (ConfigError) a missing or unreadable file, one that group or others may read or
+    write (as install.sh does), and any secret shorter than MIN_SECRET_LEN characters: the hive
+    never runs unsigned.
     """
     try:
         with open(path, "rb") as handle:
@@ -128,14 +130,14 @@ def load_secrets(path: str) -> list[bytes]:
     except PermissionError:
         raise ConfigError(f"cannot read the shared secret {path}: permission denied "
                           f"(run as root, or fix its owner)") from None
-    if info.st_mode & (stat.S_IROTH | stat.S_IWOTH):
-        raise ConfigError(f"shared secret {path} is readable by others: run 'chmod 0600 {path}'")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"shared secret {path} has mode {stat.S_IMODE(info.st_mode):04o} "
+                          f"(group or others may read it): run 'chmod 0600 {path}'")
     try:
         lines = text.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise ConfigError(f"shared secret {path} is not UTF-8 text") from None
-    secrets = [line.strip().encode() for line in lines
-               if line.strip() and not line.strip().startswith("#")]
+    secrets = [line.strip().encode() for line in lines if line.strip()]
     if not secrets:
         raise ConfigError(f"shared secret {path} is empty: put the hive's secret in it")
     if any(len(s) < MIN_SECRET_LEN for s in secrets):

@@ -130,6 +130,10 @@ class Service:
     def shutdown(self) -> None:
         """Called once when the loop ends."""
 
+    def own_id_heard(self, message: Message, now: float) -> None:
+        """A verified message carrying our node id (at wall time ``now``): our own broadcast
+        coming back, or a cloned machine's (the agent resolves that)."""
+
     # --- shared -----------------------------------------------------------------------------
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> Message | None:
         """Verify one datagram at wall time ``now``; drop bad, replayed and our own ones.
@@ -143,6 +147,7 @@ class Service:
             self.reject("replayed", source, now)
             return None
         if message.node_id == self.node_id:
+            self.own_id_heard(message, now)
             return None
         self.received += 1
         return message

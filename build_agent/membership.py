@@ -52,6 +52,7 @@ class Joiner:
     joining_since: float
     last_heard: float
     asking_until: float = 0.0  # it broadcast IDENTIFY: it is asking the hive until then
+    backing_off: bool = False  # nobody could advise it: it pauses and holds nobody's turn
 
     @property
     def key(self) -> tuple[float, str]:
@@ -148,9 +149,10 @@ class Membership:
             if since_text:
                 joiner.joining_since = since
         state = message.get("state")
+        joiner.backing_off = state == "backoff"
         if message.kind == "IDENTIFY" or state == "asking":
             joiner.asking_until = now + timing.ADVICE_TIMEOUT
-        elif message.kind == "HELLO" or state == "joining":
+        elif message.kind == "HELLO" or state in ("joining", "backoff"):
             joiner.asking_until = 0.0  # discovering or waiting (it may have given way): not asking
 
     def remove(self, node_id: str, now: float, why: str, goodbye_ts: float | None = None) -> bool:
@@ -218,7 +220,10 @@ class Membership:
                       key=lambda m: (m.hostname, m.node_id))
 
     def joiners_ahead(self, key: tuple[float, str]) -> list[Joiner]:
-        return sorted((j for j in self.joiners.values() if j.key < key), key=lambda j: j.key)
+        """Joining nodes before ``key`` in the join order that we wait for: not one backing
+        off (the hive could not advise it; it must not hold up those that can be)."""
+        return sorted((j for j in self.joiners.values() if j.key < key and not j.backing_off),
+                      key=lambda j: j.key)
 
     def joiners_asking(self, now: float) -> list[Joiner]:
         """Joining nodes that are asking the hive right now (IDENTIFY seen, not settled)."""

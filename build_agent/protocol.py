@@ -225,6 +225,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("role", _role(nullable=True), False),
         ("capabilities", _capabilities, False),
         ("interval", _number(0.05, 86400), False),
+        ("started", _timestamp(nullable=True), False),
     ),
     "WELCOME": (
         ("to", _text(64, NODE_ID_RE), False),
@@ -233,6 +234,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("joining_since", _timestamp(nullable=True), False),
         ("capabilities", _capabilities, False),
         ("interval", _number(0.05, 86400), False),
+        ("started", _timestamp(nullable=True), False),
     ),
     "IDENTIFY": (
         ("request", _text(32), False),
@@ -259,6 +261,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("interval", _number(0.05, 86400), False),
         ("joining_since", _timestamp(nullable=True), False),
         ("capabilities", _capabilities, False),
+        ("started", _timestamp(nullable=True), False),
     ),
     "HEARTBEAT": (
         ("identity", _identity, False),

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .protocol import hmac_sha256
+
 LOG = logging.getLogger(__name__)
 
 IDENTITY_KEYS = ("role", "packages", "config", "assigned_by", "assigned_at")
@@ -69,17 +71,48 @@ def read_identity(path: Path | str) -> dict | None:
     return data
 
 
-def load_or_create_node_id(path: Path | str) -> str:
-    """This node's stable id: created once (uuid4), kept across restarts and identity resets."""
+MACHINE_ID = "/etc/machine-id"
+
+
+def machine_tag(machine_id_path: Path | str = MACHINE_ID) -> str | None:
+    """An app-specific fingerprint of /etc/machine-id (never the id itself), or None."""
+    try:
+        raw = Path(machine_id_path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return hmac_sha256(raw.encode(), b"build-hive node id")[:32] if raw else None
+
+
+def write_node_id(path: Path | str, node_id: str,
+                  machine_id_path: Path | str = MACHINE_ID) -> None:
+    """node_id: the id on its first line, then the machine it was made on (``machine TAG``)."""
+    tag = machine_tag(machine_id_path)
+    write_text_atomic(path, node_id + "\n" + (f"machine {tag}\n" if tag else ""))
+
+
+def load_or_create_node_id(path: Path | str, machine_id_path: Path | str = MACHINE_ID) -> str:
+    """This node's stable id: created once (uuid4), kept across restarts and identity resets.
+
+    It is tied to /etc/machine-id: an image cloned from a template whose machine id was
+    regenerated (as cloud images and `systemd-firstboot` do) gets a fresh node id here.  A clone
+    that kept the machine id too is caught on the wire (see Agent.own_id_heard)."""
     path = Path(path)
     try:
-        value = path.read_text(encoding="utf-8").strip()
-        if value:
-            return value
+        lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        pass
+        lines = []
+    value = lines[0].strip() if lines else ""
+    stored = lines[1].split()[-1] if len(lines) > 1 and lines[1].startswith("machine ") else None
+    current = machine_tag(machine_id_path)
+    if value and (stored is None or current is None or stored == current):
+        if stored is None and current is not None:
+            write_node_id(path, value, machine_id_path)  # tie an older file to this machine
+        return value
+    if value:
+        LOG.warning("This machine's /etc/machine-id changed since %s was written (a cloned "
+                    "machine?): taking a fresh node id", path)
     value = new_uuid4()
-    write_text_atomic(path, value + "\n")
+    write_node_id(path, value, machine_id_path)
     return value
 
 
@@ -94,6 +127,7 @@ def new_uuid4() -> str:
 
 def read_node_id(path: Path | str) -> str | None:
     try:
-        return Path(path).read_text(encoding="utf-8").strip() or None
-    except FileNotFoundError:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
         return None
+    return lines[0].strip() or None if lines else None

@@ -167,7 +167,7 @@ def test_refusals_are_one_clear_line_and_change_nothing(fresh, diagnose):
 
     secret = "/etc/build/shared_secret"
     fresh.write(secret, secrets.token_hex(32) + "\n", mode=0o644)
-    assert refused(fresh) == (f"install.sh: {secret} has mode 0644 (readable by others): "
+    assert refused(fresh) == (f"install.sh: {secret} has mode 0644 (group or others may read it): "
                               f"run 'chmod 0600 {secret}' and install.sh again")
     assert fresh.path(secret).stat().st_mode & 0o777 == 0o644, "fixes nothing silently"
     fresh.run("chmod", "0600", secret)

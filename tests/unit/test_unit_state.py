@@ -171,11 +171,38 @@ def test_node_id_is_created_once_and_stable(tmp_path):
     assert state.read_node_id(path) is None
     first = state.load_or_create_node_id(path)
     assert uuid.UUID(first).version == 4
-    assert path.read_text() == first + "\n"
+    assert path.read_text().splitlines()[0] == first
     assert mode_of(path) == 0o644
     assert state.load_or_create_node_id(path) == first
     assert state.read_node_id(path) == first
     assert os.listdir(tmp_path) == ["node_id"]
+
+
+def test_node_id_follows_the_machine_id(tmp_path):
+    """A clone whose machine-id was regenerated gets a fresh node id; the same machine keeps it."""
+    machine = tmp_path / "machine-id"
+    machine.write_text("0123456789abcdef0123456789abcdef\n")
+    path = tmp_path / "node_id"
+    first = state.load_or_create_node_id(path, machine)
+    assert "0123456789abcdef" not in path.read_text()  # a fingerprint, never the machine id
+    assert state.load_or_create_node_id(path, machine) == first
+    machine.write_text("fedcba9876543210fedcba9876543210\n")  # the clone's new machine-id
+    second = state.load_or_create_node_id(path, machine)
+    assert second != first and uuid.UUID(second).version == 4
+    assert state.read_node_id(path) == second
+    assert state.load_or_create_node_id(path, machine) == second
+
+
+def test_a_node_id_file_of_an_older_release_is_kept_and_tied_to_the_machine(tmp_path):
+    machine = tmp_path / "machine-id"
+    machine.write_text("0123456789abcdef0123456789abcdef\n")
+    path = tmp_path / "node_id"
+    path.write_text("df8c84d3-c1ff-4c88-ae22-3a095b4f4a91\n")
+    assert state.load_or_create_node_id(path, machine) == "df8c84d3-c1ff-4c88-ae22-3a095b4f4a91"
+    assert path.read_text().splitlines()[1].startswith("machine ")
+    # without a machine-id (some containers) the id stays as it is
+    assert state.load_or_create_node_id(path, tmp_path / "absent") == \
+        "df8c84d3-c1ff-4c88-ae22-3a095b4f4a91"
 
 
 def test_node_id_differs_between_nodes(tmp_path):
