@@ -23,7 +23,7 @@ from typing import Callable
 
 from . import protocol, state
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
-from .netif import NetworkError, open_broadcast_socket
+from .netif import NetworkError, find_interface, open_broadcast_sockets
 
 
 def _print_json(data) -> None:
@@ -139,10 +139,12 @@ def describe(message: protocol.Message) -> str:
 
 def cmd_watch(config: Config, args) -> int:
     secrets = load_secrets(secret_path(config))
-    sock = open_broadcast_socket(config.port)
+    # The broadcast addresses, shared with the daemons (the agent's own address is its alone).
+    socks = open_broadcast_sockets(find_interface(config.interface), config.port)
     guard = protocol.ReplayGuard()
     selector = selectors.DefaultSelector()
-    selector.register(sock, selectors.EVENT_READ)
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
     end = time.monotonic() + args.seconds if args.seconds else None
     shown = 0
     if not args.json:
@@ -152,9 +154,10 @@ def cmd_watch(config: Config, args) -> int:
             timeout = None if end is None else end - time.monotonic()
             if timeout is not None and timeout <= 0:
                 break
-            if not selector.select(timeout):
+            ready = selector.select(timeout)
+            if not ready:
                 continue
-            data, (ip, _port) = sock.recvfrom(protocol.MAX_DATAGRAM + 1)
+            data, (ip, _port) = ready[0][0].fileobj.recvfrom(protocol.MAX_DATAGRAM + 1)
             now = time.time()
             stamp = time.strftime("%H:%M:%S", time.localtime(now))
             try:
@@ -172,7 +175,8 @@ def cmd_watch(config: Config, args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
     return 0
 
 

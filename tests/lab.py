@@ -56,8 +56,9 @@ class Lab:
     def wait(self, *hosts: int, timeout: int = 30) -> None:
         self.run("wait", *map(str, hosts), f"{timeout}s", timeout=timeout + 30)
 
-    def join(self, secret_file: str | None = None) -> int:
-        args = ["join"] + (["--secret-file", secret_file] if secret_file else [])
+    def join(self, secret_file: str | None = None, hostname: str | None = None) -> int:
+        args = ["join"] + (["--secret-file", secret_file] if secret_file else []) \
+            + (["--hostname", hostname] if hostname else [])
         return int(self.run(*args).stdout.split()[-1])
 
     def kill(self, i: int) -> None:

@@ -21,7 +21,11 @@ good = protocol.make_payload("STATUS", "intruder-0001", "intruder", "10.0.0.1", 
 valid = protocol.encode(good, secret)
 stale = protocol.encode(protocol.make_payload("STATUS", "intruder-0002", "intruder", "10.0.0.1",
                                               now - 3600, role="builder"), secret)
-unsigned = protocol.encode(good, b"not-the-hive-secret-at-all")
+# A forgery newer than the valid message (an older one is refused as a replay before its
+# signature is even checked).
+unsigned = protocol.encode(protocol.make_payload("STATUS", "intruder-0001", "intruder", "10.0.0.1",
+                                                 now + 1, role="builder", state="active",
+                                                 interval=1.0), b"not-the-hive-secret-at-all")
 samples = {
     "garbage": os.urandom(200),
     "oversized": b"{" + b" " * 9000 + b"}",
