@@ -15,8 +15,9 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "/etc/build/hive.toml"
 MIN_SECRET_LEN = 16
-# systemd's LoadCredential= puts the secret here for a daemon that may not read /etc/build.
-CREDENTIAL_NAME = "shared_secret"
+# build-advisor's unit names here the copy of the secret that build_agent.secret_copy hands it
+# (the advisor's throw-away user may not read secret_file itself).
+SECRET_COPY_ENV = "HIVE_SECRET_COPY"
 
 
 class ConfigError(Exception):
@@ -103,13 +104,9 @@ def load_config(path: str | None) -> Config:
 
 
 def secret_path(config: Config) -> str:
-    """The credential systemd passed us, if any, else the configured secret file."""
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        candidate = os.path.join(cred_dir, CREDENTIAL_NAME)
-        if os.path.exists(candidate):
-            return candidate
-    return config.secret_file
+    """The copy of the secret named by $HIVE_SECRET_COPY (build-advisor under systemd), else
+    the configured secret file."""
+    return os.environ.get(SECRET_COPY_ENV) or config.secret_file
 
 
 def load_secrets(path: str) -> list[bytes]:

@@ -120,12 +120,18 @@ class Service:
         raise NotImplementedError
 
     def reload(self) -> None:
-        """SIGHUP: re-read the secret file (a rotation); keep the old secrets if it is unusable."""
+        """SIGHUP: re-read the secret file (a rotation); keep the old secrets if it is unusable.
+        Says "Reloaded" only when the secrets in use (or their order: the first signs) changed."""
         try:
-            self.secrets = load_secrets(secret_path(self.config))
-            LOG.info("Reloaded the shared secret (%d secret(s))", len(self.secrets))
+            secrets = load_secrets(secret_path(self.config))
         except ConfigError as exc:
             LOG.error("Reload failed, keeping the old secret: %s", exc)
+            return
+        if secrets == self.secrets:
+            LOG.info("Secret file unchanged: still using %d secret(s)", len(secrets))
+            return
+        self.secrets = secrets
+        LOG.info("Reloaded the shared secret (%d secret(s))", len(secrets))
 
     def shutdown(self) -> None:
         """Called once when the loop ends."""

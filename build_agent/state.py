@@ -19,8 +19,13 @@ LOG = logging.getLogger(__name__)
 IDENTITY_KEYS = ("role", "packages", "config", "assigned_by", "assigned_at")
 
 
-def write_text_atomic(path: Path | str, text: str, mode: int = 0o644) -> None:
-    """Replace a file's content atomically: a temporary file beside it, fsync, os.replace."""
+def write_text_atomic(path: Path | str, text: str, mode: int = 0o644,
+                      owner: tuple[int, int] | None = None) -> None:
+    """Replace a file's content atomically: a temporary file beside it, fsync, os.replace.
+
+    ``owner`` (uid, gid) hands the new file to another user.  Mode and owner are set through the
+    open file, never by name, so this is safe in a directory that user can write to.
+    """
     path = Path(path)
     # A private temporary name (O_EXCL), made here rather than with tempfile, which would cost
     # the daemons memory for modules they need nowhere else.
@@ -30,8 +35,10 @@ def write_text_atomic(path: Path | str, text: str, mode: int = 0o644) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -281,6 +281,25 @@ def test_send_signs_with_the_first_secret():
     assert service.receive(from_old, ("10.9.0.3", 50555), T0) is not None
 
 
+def test_reload_says_reloaded_only_when_the_secrets_in_use_change(config, caplog, monkeypatch):
+    monkeypatch.delenv("HIVE_SECRET_COPY", raising=False)
+    new, old = "new-secret-0123456789", "old-secret-0123456789"
+    service = Sink(config, [old.encode()], "me")
+    steps = [(f"{old}\n", "Secret file unchanged: still using 1 secret(s)"),
+             (f"{old}\n{new}\n", "Reloaded the shared secret (2 secret(s))"),
+             (f"  {old}\n\n{new}  \n", "Secret file unchanged: still using 2 secret(s)"),
+             (f"{new}\n{old}\n", "Reloaded the shared secret (2 secret(s))"),  # now new signs
+             (f"{new}\n", "Reloaded the shared secret (1 secret(s))"),
+             (f"{new}\n", "Secret file unchanged: still using 1 secret(s)")]
+    for text, line in steps:
+        _write_secret(Path(config.secret_file), text)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            service.reload()
+        assert [r.getMessage() for r in caplog.records] == [line], text
+    assert service.secrets == [new.encode()]
+
+
 def test_send_never_raises(caplog):
     class BrokenSocket:
         def sendto(self, data, address):
@@ -304,7 +323,7 @@ def _write_secret(path, text, mode=0o600):
 
 
 def test_reload_reads_the_rotated_secret_file(config, caplog, monkeypatch):
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("HIVE_SECRET_COPY", raising=False)
     new, old = b"new-secret-0123456789", b"old-secret-0123456789"
     service = Sink(config, [old], "me")
     _write_secret(Path(config.secret_file), f"{new.decode()}\n{old.decode()}\n")
@@ -320,11 +339,30 @@ def test_reload_reads_the_rotated_secret_file(config, caplog, monkeypatch):
     assert service.receive(from_old, ("10.9.0.3", 50555), T0) is not None
 
 
+def test_reload_says_reloaded_only_when_the_secrets_in_use_change(config, caplog, monkeypatch):
+    monkeypatch.delenv("HIVE_SECRET_COPY", raising=False)
+    new, old = "new-secret-0123456789", "old-secret-0123456789"
+    service = Sink(config, [old.encode()], "me")
+    steps = [(f"{old}\n", "Secret file unchanged: still using 1 secret(s)"),
+             (f"{old}\n{new}\n", "Reloaded the shared secret (2 secret(s))"),
+             (f"  {old}\n\n{new}  \n", "Secret file unchanged: still using 2 secret(s)"),
+             (f"{new}\n{old}\n", "Reloaded the shared secret (2 secret(s))"),  # now new signs
+             (f"{new}\n", "Reloaded the shared secret (1 secret(s))"),
+             (f"{new}\n", "Secret file unchanged: still using 1 secret(s)")]
+    for text, line in steps:
+        _write_secret(Path(config.secret_file), text)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            service.reload()
+        assert [r.getMessage() for r in caplog.records] == [line], text
+    assert service.secrets == [new.encode()]
+
+
 @pytest.mark.parametrize("text, mode", [("new-secret-0123456789\n", 0o644), ("short\n", 0o600),
                                         ("", 0o600), (None, None)])
 def test_reload_keeps_the_old_secret_when_the_file_is_unusable(config, caplog, monkeypatch,
                                                               text, mode):
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("HIVE_SECRET_COPY", raising=False)
     if text is not None:
         _write_secret(Path(config.secret_file), text, mode)
     service = Sink(config, [SECRET], "me")
@@ -335,7 +373,7 @@ def test_reload_keeps_the_old_secret_when_the_file_is_unusable(config, caplog, m
 
 
 def test_agent_and_advisor_reload_the_secret(make_advisor, config, iface, clock, monkeypatch):
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("HIVE_SECRET_COPY", raising=False)
     _write_secret(Path(config.secret_file), "rotated-secret-0123456789\n")
     advisor = make_advisor()
     agent = Agent(config, [SECRET], iface, "n1", "build1", capabilities={}, clock=clock)

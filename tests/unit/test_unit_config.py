@@ -213,24 +213,28 @@ def test_non_utf8_secret_is_refused(tmp_path):
 
 
 def test_secret_path_is_the_configured_file_by_default(tmp_path, monkeypatch):
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("HIVE_SECRET_COPY", raising=False)
     config = Config(secret_file=str(tmp_path / "configured"))
     assert secret_path(config) == str(tmp_path / "configured")
 
 
-def test_credentials_directory_overrides_the_configured_file(tmp_path, monkeypatch):
+def test_the_advisors_secret_copy_overrides_the_configured_file(tmp_path, monkeypatch):
+    """build-advisor's unit names its copy of the secret in $HIVE_SECRET_COPY."""
+    copy = secret_file(tmp_path, "copied-secret-0123456", name="copy")
+    secret_file(tmp_path, "configured-secret-0123", name="configured")
+    monkeypatch.setenv("HIVE_SECRET_COPY", str(copy))
+    config = Config(secret_file=str(tmp_path / "configured"))
+    assert secret_path(config) == str(copy)
+    assert load_secrets(secret_path(config)) == [b"copied-secret-0123456"]
+
+
+def test_the_credentials_directory_is_no_longer_read(tmp_path, monkeypatch):
+    """LoadCredential= copies were filled at start only (a rotation never reached them)."""
     creds = tmp_path / "creds"
     creds.mkdir()
     secret_file(creds, "credential-secret-0123", name="shared_secret")
-    secret_file(tmp_path, "configured-secret-0123", name="configured")
+    monkeypatch.delenv("HIVE_SECRET_COPY", raising=False)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    config = Config(secret_file=str(tmp_path / "configured"))
-    assert secret_path(config) == str(creds / "shared_secret")
-    assert load_secrets(secret_path(config)) == [b"credential-secret-0123"]
-
-
-def test_credentials_directory_without_the_credential_falls_back(tmp_path, monkeypatch):
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "empty"))
     config = Config(secret_file=str(tmp_path / "configured"))
     assert secret_path(config) == str(tmp_path / "configured")
 
