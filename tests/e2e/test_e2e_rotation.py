@@ -174,8 +174,8 @@ def test_an_unusable_secret_file_fails_visibly_and_the_advisor_keeps_its_secret(
         assert host.run("systemctl", "restart", "build-advisor", check=False).returncode != 0
         errors = host.run("journalctl", "--no-pager", "-q", "-o", "cat", "-p", "err",
                           "-u", "build-advisor").stdout
-        assert (f"build-advisor: shared secret {SECRET} is readable by others: run "
-                f"'chmod 0600 {SECRET}'") in errors.splitlines(), errors
+        assert (f"build-advisor: shared secret {SECRET} has mode 0644 (group or others may "
+                f"read it): run 'chmod 0600 {SECRET}'") in errors.splitlines(), errors
         assert host.run("systemctl", "is-active", "build-advisor",
                         check=False).stdout.strip() != "active"
     finally:
