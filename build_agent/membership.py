@@ -28,19 +28,46 @@ class Member:
     interval: float
     capabilities: dict = field(default_factory=dict)
     load: Any = None
+    capacity: Any = None
     health: str = "ok"
     last_ts: float = 0.0  # the sender's ts on the newest message applied from it
+    # What healing needs (wall-clock stamps from the member's messages; None if not said):
+    joined_at: float | None = None   # when it first got an identity
+    role_since: float | None = None  # when it took its current role
+    started: float | None = None     # when its agent started (it came back to the hive)
+    rebalance: bool = True           # False: it never moves
+    state: str = "active"            # "moving" while it asks the hive for a new role
+    state_at: float = 0.0            # steady time the state was last said
 
     def deadline(self) -> float:
         return self.last_seen + timing.DEAD_AFTER_INTERVALS * self.interval
 
+    def is_moving(self, now: float) -> bool:
+        """Announced a move that is not over, and not gone quiet about it (MOVE_TIMEOUT)."""
+        return self.state == "moving" and now - self.state_at < timing.MOVE_TIMEOUT
+
     def to_json(self, wall_offset: float = 0.0) -> dict:
         """peers.json's entry; wall_offset turns the steady last_seen into wall time."""
+        def stamp(value: float | None) -> str | None:
+            return format_ts_seconds(value) if value is not None else None
         return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.ip,
                 "role": self.role, "status": "alive",
                 "last_seen": format_ts_seconds(self.last_seen + wall_offset),
-                "capabilities": self.capabilities, "load": self.load, "health": self.health,
-                "interval": self.interval}
+                "capabilities": self.capabilities, "load": self.load,
+                "capacity": self.capacity, "health": self.health,
+                "interval": self.interval, "joined_at": stamp(self.joined_at),
+                "role_since": stamp(self.role_since), "started": stamp(self.started),
+                "rebalance": self.rebalance, "state": self.state}
+
+    def view(self, now: float) -> dict:
+        """The member as policies and plans see it (times as seconds since the epoch)."""
+        since = [t for t in (self.role_since, self.started) if t is not None]
+        return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.ip,
+                "role": self.role, "capabilities": dict(self.capabilities), "load": self.load,
+                "capacity": self.capacity, "health": self.health, "joined_at": self.joined_at,
+                "role_since": self.role_since, "member_since": max(since, default=None),
+                "rebalance": self.rebalance,
+                "state": "moving" if self.is_moving(now) else "active"}
 
 
 @dataclass
@@ -101,7 +128,7 @@ class Membership:
             # it, but it is verified and fresh (no replay): the sender is alive.
             member.last_seen = max(member.last_seen, now)
             return False
-        role = _role_of(message) if kind != "IDENTIFY" else None
+        role = _role_of(message) if kind != "IDENTIFY" or message.get("reask") else None
         if role:
             return self._upsert(message, source_ip, role, now)
         # No role: the sender is joining (or re-joining after an identity reset).
@@ -113,8 +140,9 @@ class Membership:
         self.joiners.pop(message.node_id, None)
         # A sender that states no interval is a reference-script node (HEARTBEAT about every
         # 32 s): judged by that cadence, not ours, so a mixed hive stays stable.
-        interval = message.get("interval") or timing.REFERENCE_INTERVAL
         member = self.members.get(message.node_id)
+        interval = message.get("interval") or (member.interval if member is not None
+                                                else timing.REFERENCE_INTERVAL)
         changed = member is None or member.role != role
         if member is None:
             member = Member(message.node_id, message.hostname, source_ip, role, now, interval)
@@ -131,7 +159,17 @@ class Membership:
             member.capabilities = message.get("capabilities")
         if message.kind == "STATUS":
             member.load = message.get("load", member.load)
+            member.capacity = message.get("capacity", member.capacity)
             member.health = message.get("health", member.health)
+        for name in ("joined_at", "role_since", "started"):
+            if message.get(name):
+                setattr(member, name, parse_ts(message.get(name)))
+        if message.get("rebalance") is not None:
+            member.rebalance = message.get("rebalance")
+        state = "moving" if message.kind == "IDENTIFY" else message.get("state")
+        if state in ("active", "moving") and (state != member.state or state == "moving"):
+            changed |= state != member.state
+            member.state, member.state_at = state, now
         return changed
 
     def _note_joiner(self, message: Message, source_ip: str, now: float) -> None:

@@ -226,6 +226,9 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("capabilities", _capabilities, False),
         ("interval", _number(0.05, 86400), False),
         ("started", _timestamp(nullable=True), False),
+        ("joined_at", _timestamp(nullable=True), False),
+        ("role_since", _timestamp(nullable=True), False),
+        ("rebalance", _boolean, False),
     ),
     "WELCOME": (
         ("to", _text(64, NODE_ID_RE), False),
@@ -235,6 +238,9 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("capabilities", _capabilities, False),
         ("interval", _number(0.05, 86400), False),
         ("started", _timestamp(nullable=True), False),
+        ("joined_at", _timestamp(nullable=True), False),
+        ("role_since", _timestamp(nullable=True), False),
+        ("rebalance", _boolean, False),
     ),
     "IDENTIFY": (
         ("request", _text(32), False),
@@ -243,6 +249,8 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("capabilities", _capabilities, False),
         ("attempt", _number(0, 1000, integer=True), False),
         ("joining_since", _timestamp(nullable=True), False),
+        ("reask", _boolean, False),         # a member asking for a new role (healing)
+        ("role", _role(nullable=True), False),  # ... and the role it has now
     ),
     "ADVICE": (
         ("to", _text(64, NODE_ID_RE), False),
@@ -262,6 +270,9 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("joining_since", _timestamp(nullable=True), False),
         ("capabilities", _capabilities, False),
         ("started", _timestamp(nullable=True), False),
+        ("joined_at", _timestamp(nullable=True), False),
+        ("role_since", _timestamp(nullable=True), False),
+        ("rebalance", _boolean, False),
     ),
     "HEARTBEAT": (
         ("identity", _identity, False),

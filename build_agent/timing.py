@@ -45,3 +45,11 @@ REJECT_LOG_PERIOD = 60.0
 
 # Re-read peers.json written by the local agent at most this often (advisor).
 PEERS_FILE_POLL = 1.0
+
+# Healing: a member that announced a move ('moving') and said nothing more about it for this
+# long is no longer waited for (a move takes at most ADVICE_TIMEOUT plus a moment).
+MOVE_TIMEOUT = 10.0
+# Defaults, in heartbeat intervals, of the grace a need must persist before a node moves and of
+# the cool-down after a move (hive.toml: rebalance_grace, rebalance_cooldown, in seconds).
+REBALANCE_GRACE_INTERVALS = 2
+REBALANCE_COOLDOWN_INTERVALS = 10

@@ -163,8 +163,8 @@ def test_an_unusable_secret_file_fails_visibly_and_the_advisor_keeps_its_secret(
         assert result.returncode != 0, "the reload must fail visibly"
         errors = host.run("journalctl", "--no-pager", "-q", "-o", "cat", "-p", "err",
                           "-u", "build-advisor").stdout
-        line = (f"Reload failed, keeping the old secret: shared secret {SECRET} is readable by "
-                f"others: run 'chmod 0600 {SECRET}'")
+        line = (f"Reload failed, keeping the old secret: shared secret {SECRET} has mode 0644 "
+                f"(group or others may read it): run 'chmod 0600 {SECRET}'")
         assert line in errors.splitlines(), errors
         assert copy_of(host) == copy, "the advisor's copy must stay as it was"
         assert show(host, "MainPID", "build-advisor") == pid
