@@ -35,7 +35,7 @@ from . import consensus, plan as plans, provision, state, timing
 from .config import Config
 from .daemon import Service
 from .healing import Healer
-from .membership import Membership, join_order_key
+from .membership import Membership, join_order_key, view_entry
 from .netif import Interface
 from .protocol import Message, format_ts, format_ts_seconds, make_payload, parse_ts
 
@@ -129,18 +129,9 @@ class Agent(Service):
         return format_ts(self.joining_since) if self.joining_since else None
 
     def _heartbeat(self, state_name: str = "active") -> None:
-        try:
-            load = [round(x, 2) for x in os.getloadavg()]
-        except OSError:
-            load = None
-        health = "ok"
-        if self.identity and self.identity.get("provision_error") and self.config.install_packages:
-            health = "provisioning-failed"
-        self._broadcast("STATUS", role=self.role, state=state_name, load=load,
-                        capacity={"cpu_cores": self.capabilities.get("cpu_cores"),
-                                  "ram_gb": self.capabilities.get("ram_gb")},
-                        health=health, interval=self.config.heartbeat_interval,
-                        capabilities=self.capabilities)
+        self._broadcast("STATUS", role=self.role, state=state_name, load=self._load(),
+                        capacity=self._capacity(), health=self._health(),
+                        interval=self.config.heartbeat_interval, capabilities=self.capabilities)
 
     # --- incoming ---------------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
@@ -383,21 +374,27 @@ class Agent(Service):
     def _role_since(self) -> str:
         return self.identity.get("changed_at") or self.identity["assigned_at"]
 
-    def _self_view(self) -> dict:
-        role_since = parse_ts(self._role_since())
+    def _load(self) -> list | None:
         try:
-            load = [round(x, 2) for x in os.getloadavg()]
+            return [round(x, 2) for x in os.getloadavg()]
         except OSError:
-            load = None
-        return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.iface.address,
-                "role": self.role, "capabilities": dict(self.capabilities), "load": load,
-                "capacity": {"cpu_cores": self.capabilities.get("cpu_cores"),
-                             "ram_gb": self.capabilities.get("ram_gb")},
-                "health": "ok", "joined_at": parse_ts(self.identity["assigned_at"]),
-                "role_since": role_since,
-                "member_since": max(role_since, parse_ts(self.started_text)),
-                "rebalance": self.config.rebalance,
-                "state": "moving" if self.phase == "move" else "active"}
+            return None
+
+    def _capacity(self) -> dict:
+        return {"cpu_cores": self.capabilities.get("cpu_cores"),
+                "ram_gb": self.capabilities.get("ram_gb")}
+
+    def _health(self) -> str:
+        if self.identity and self.identity.get("provision_error") and self.config.install_packages:
+            return "provisioning-failed"
+        return "ok"
+
+    def _self_view(self) -> dict:
+        return view_entry(self.node_id, self.hostname, self.iface.address, self.role,
+                          self.capabilities, self._load(), self._capacity(), self._health(),
+                          parse_ts(self.identity["assigned_at"]), parse_ts(self._role_since()),
+                          parse_ts(self.started_text), self.config.rebalance,
+                          "moving" if self.phase == "move" else "active")
 
     def policy_view(self, now: float) -> dict:
         """The hive as policies see it: this node and the established members, in one view."""
@@ -556,11 +553,18 @@ class Agent(Service):
 
     def _write_peers(self, now: float) -> None:
         wall = self.clock()
+        me = {"hostname": self.hostname, "primary_ip": self.iface.address, "role": self.role,
+              "node_id": self.node_id,
+              "status": {"operate": "active", "move": "moving"}.get(self.phase, "joining")}
+        if self.identity is not None:  # what the advisor and `hive plan` need of us
+            view = self._self_view()
+            me.update(joined_at=self.identity["assigned_at"], role_since=self._role_since(),
+                      started=self.started_text, rebalance=self.config.rebalance,
+                      state=view["state"],
+                      capabilities=view["capabilities"], load=view["load"],
+                      capacity=view["capacity"], health=view["health"])
         data = {
-            "self": {"hostname": self.hostname, "primary_ip": self.iface.address,
-                     "role": self.role, "node_id": self.node_id,
-                     "status": {"operate": "active", "move": "moving"}.get(self.phase,
-                                                                           "joining")},
+            "self": me,
             "plan": self.plan.to_json() if self.plan is not None and self.identity else None,
             "peers": [m.to_json(wall - now)
                       for m in self.membership.established(exclude=[self.node_id])],

@@ -60,14 +60,53 @@ class Member:
                 "rebalance": self.rebalance, "state": self.state}
 
     def view(self, now: float) -> dict:
-        """The member as policies and plans see it (times as seconds since the epoch)."""
-        since = [t for t in (self.role_since, self.started) if t is not None]
-        return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.ip,
-                "role": self.role, "capabilities": dict(self.capabilities), "load": self.load,
-                "capacity": self.capacity, "health": self.health, "joined_at": self.joined_at,
-                "role_since": self.role_since, "member_since": max(since, default=None),
-                "rebalance": self.rebalance,
-                "state": "moving" if self.is_moving(now) else "active"}
+        """The member as policies and plans see it: see ``view_entry``."""
+        return view_entry(self.node_id, self.hostname, self.ip, self.role, self.capabilities,
+                          self.load, self.capacity, self.health, self.joined_at,
+                          self.role_since, self.started, self.rebalance,
+                          "moving" if self.is_moving(now) else "active")
+
+
+def view_entry(node_id: str, hostname: str, ip: str, role: str, capabilities: dict, load: Any,
+               capacity: Any, health: str, joined_at: float | None, role_since: float | None,
+               started: float | None, rebalance: bool, state: str) -> dict:
+    """One member as policies and healing plans see it.  Times are whole seconds since the
+    epoch (as peers.json keeps them), so a plan made from the agent's memory and one made from
+    peers.json (the advisor, `hive plan`) are the same plan.  ``member_since`` is when it took
+    its role or came back to the hive, the later."""
+    def whole(value: float | None) -> float | None:
+        return float(int(value)) if value is not None else None
+    since = [whole(t) for t in (role_since, started) if t is not None]
+    return {"node_id": node_id, "hostname": hostname, "ip": ip, "role": role,
+            "capabilities": dict(capabilities or {}), "load": load, "capacity": capacity,
+            "health": health, "joined_at": whole(joined_at), "role_since": whole(role_since),
+            "member_since": max(since, default=None), "rebalance": rebalance, "state": state}
+
+
+def view_from_peers(data: dict) -> dict | None:
+    """The policy view ({"self", "peers", "members"}) from peers.json, or None if the file has
+    no identified self (the node is joining).  The one source of the hive's view for the
+    advisor and `hive plan`: what the agent knows."""
+    def entry(raw: dict) -> dict:
+        def stamp(name: str) -> float | None:
+            try:
+                return parse_ts(raw.get(name)) if raw.get(name) else None
+            except ProtocolError:
+                return None
+        return view_entry(str(raw.get("node_id")), str(raw.get("hostname", "?")),
+                          str(raw.get("ip") or raw.get("primary_ip") or "?"), raw["role"],
+                          raw.get("capabilities") if isinstance(raw.get("capabilities"), dict)
+                          else {}, raw.get("load"), raw.get("capacity"),
+                          str(raw.get("health", "ok")), stamp("joined_at"), stamp("role_since"),
+                          stamp("started"), raw.get("rebalance", True) is not False,
+                          "moving" if raw.get("state") == "moving" else "active")
+    me = data.get("self") if isinstance(data, dict) else None
+    if not isinstance(me, dict) or not isinstance(me.get("role"), str):
+        return None
+    peers = [entry(p) for p in data.get("peers") or []
+             if isinstance(p, dict) and isinstance(p.get("role"), str) and p.get("node_id")]
+    mine = entry(me)
+    return {"self": mine, "peers": peers, "members": [mine] + peers}
 
 
 @dataclass

@@ -80,11 +80,11 @@ def test_the_youngest_runner_moves_to_controller_after_the_grace(make_agent, con
 def test_a_node_that_is_not_the_mover_only_logs_the_need(make_agent, config, clock, fake_sock,
                                                           caplog):
     agent = _runner_in_a_hive_without_controller(make_agent, config, clock, caplog)
-    # build7, a runner younger than us (its agent started after ours), is the mover, not us.
+    # build7, a runner younger than us (its agent started a second after ours), is the mover.
     young = protocol.format_ts(T0 - 60)
     deliver(agent, "STATUS", "gggg-7", "build7", "10.9.0.17", T0 + 0.02, role="runner",
             state="active", interval=1.0, joined_at=young, role_since=young,
-            started=protocol.format_ts(T0 + 0.01))
+            started=protocol.format_ts(T0 + 1.5))
     run_until(agent, clock, T0 + 5)
     assert "build7 moves (youngest runner)" in caplog.text
     assert not sent(fake_sock, "IDENTIFY") and agent.role == "runner"
