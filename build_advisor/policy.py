@@ -13,8 +13,11 @@ A policy is a Python file defining ``suggest_role(view, newcomer)`` that returns
 
 from __future__ import annotations
 
-import importlib.util
 import logging
+import os
+import stat
+import sys
+import types
 from typing import Callable
 
 from build_agent.config import ConfigError
@@ -44,24 +47,102 @@ def default_suggest_role(view: dict, newcomer: dict) -> dict:
             "config": dict(choice["config"]), "reason": choice["reason"]}
 
 
-def load_policy(path: str) -> Policy:
-    """The suggest_role of a policy file, or the default for an empty path."""
-    if not path:
-        return default_suggest_role
-    spec = importlib.util.spec_from_file_location("hive_policy", path)
-    if spec is None or spec.loader is None:
-        raise PolicyError(f"policy {path} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
+MODULE_NAME = "hive_policy"  # the name a policy file runs under (in sys.modules, for @dataclass)
+
+
+def _owner_problem(what: str, path: str, info: os.stat_result) -> str | None:
+    """Why the file or directory at path lets someone other than root change the policy."""
+    if info.st_uid not in (0, os.geteuid()):
+        return (f"{what} is owned by uid {info.st_uid}, not root: run 'chown root:root {path}' "
+                f"(the advisor runs the policy with the hive's secret)")
+    sticky_dir = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+    if info.st_mode & 0o022 and not sticky_dir:
+        return (f"{what} has mode 0{stat.S_IMODE(info.st_mode):o} (writable by group or others): "
+                f"run 'chmod go-w {path}' (the advisor runs the policy with the hive's secret)")
+    return None
+
+
+def _check_directories(path: str) -> None:
+    """Every directory above the policy (as named and as resolved) must be root's alone: a user
+    who can write one of them can put another file in the policy's place."""
+    seen = set()
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        directory = os.path.dirname(start)
+        while directory not in seen:
+            seen.add(directory)
+            try:
+                info = os.stat(directory)
+            except OSError:
+                break  # the open below reports a missing path
+            problem = _owner_problem(f"policy {path}: directory {directory}", directory, info)
+            if problem:
+                raise PolicyError(problem)
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            directory = parent
+
+
+def _read_checked(path: str) -> bytes:
+    """The bytes of the policy file, read from the descriptor whose owner and mode we checked."""
     try:
-        spec.loader.exec_module(module)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang us
     except FileNotFoundError:
         raise PolicyError(f"policy file {path} not found") from None
+    except PermissionError:
+        raise PolicyError(f"cannot read policy {path}: run 'chmod 0644 {path}' (build-advisor "
+                          f"runs as an unprivileged user)") from None
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PolicyError(f"policy {path} is not a regular file")
+        problem = _owner_problem(f"policy {path}", path, info)
+        if problem:
+            raise PolicyError(problem)
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from None
+
+
+def load_policy(path: str) -> Policy:
+    """The suggest_role of a policy file, or the default for an empty path.
+
+    The file runs with the advisor's rights and the hive's secret, so it must be root's alone
+    (owned by root, or by the user running us; not writable by group or others, nor its
+    directories): anything else is refused before a line of it runs.  It is read from the same
+    open file that was checked, and runs as module ``hive_policy`` (registered in sys.modules,
+    so @dataclass and friends work).
+    """
+    if not path:
+        return default_suggest_role
+    if not path.endswith(".py"):
+        raise PolicyError(f"policy {path} is not a Python file (.py)")
+    _check_directories(path)
+    source = _read_checked(path)
+    module = types.ModuleType(MODULE_NAME)
+    module.__file__ = path
+    previous = sys.modules.get(MODULE_NAME)
+    sys.modules[MODULE_NAME] = module
+    try:
+        exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 (root's own file)
     except (Exception, SystemExit) as exc:  # any error in a user's file is reported, not raised
+        _restore_module(previous)
         raise PolicyError(f"policy {path} failed to load: {type(exc).__name__}: {exc}") from None
     function = getattr(module, "suggest_role", None)
     if not callable(function):
+        _restore_module(previous)
         raise PolicyError(f"policy {path} does not define suggest_role(view, newcomer)")
     return function
+
+
+def _restore_module(previous) -> None:
+    if previous is None:
+        sys.modules.pop(MODULE_NAME, None)
+    else:
+        sys.modules[MODULE_NAME] = previous
 
 
 def check_advice(result: object) -> dict:

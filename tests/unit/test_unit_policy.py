@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,126 @@ def test_policy_whose_suggest_role_is_not_callable(tmp_path):
     path = write(tmp_path, "suggest_role = {'role': 'builder'}\n")
     with pytest.raises(PolicyError, match="does not define suggest_role"):
         load_policy(path)
+
+
+# String annotations (the __future__ import, or quoted types) make @dataclass look the class's
+# module up in sys.modules.
+DATACLASS_POLICY = """\
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Plan:
+    role: str
+    packages: list[str] = field(default_factory=list)
+
+
+PLAN = Plan("packer", ["git"])
+
+
+def suggest_role(view, newcomer):
+    return {"role": PLAN.role, "packages": PLAN.packages, "config": {}, "reason": "dataclass"}
+"""
+
+
+def test_policy_using_dataclass_loads(tmp_path):
+    function = load_policy(write(tmp_path, DATACLASS_POLICY))
+    assert function(view_of("founder"), newcomer())["role"] == "packer"
+
+
+def test_loading_twice_and_a_failed_load_leave_a_working_policy(tmp_path):
+    first = load_policy(write(tmp_path, DATACLASS_POLICY, name="first.py"))
+    with pytest.raises(PolicyError):
+        load_policy(write(tmp_path, "import no_such_module_for_hive_tests\n", name="bad.py"))
+    assert first(view_of("founder"), newcomer())["reason"] == "dataclass"
+
+
+# --- who may write the policy: root alone (it runs with the hive's secret) ----------------------
+
+MARKER_POLICY = """\
+import pathlib
+pathlib.Path(__file__).with_name("policy-ran").write_text("ran")
+
+
+def suggest_role(view, newcomer):
+    return {"role": "builder"}
+"""
+
+
+def marker_policy(tmp_path: Path) -> Path:
+    directory = tmp_path / "conf"
+    directory.mkdir(mode=0o755)
+    path = directory / "policy.py"
+    path.write_text(MARKER_POLICY)
+    path.chmod(0o644)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o664, 0o646, 0o620, 0o777])
+def test_refuses_a_policy_writable_by_group_or_others(tmp_path, mode):
+    path = marker_policy(tmp_path)
+    path.chmod(mode)
+    with pytest.raises(PolicyError) as info:
+        load_policy(str(path))
+    assert str(info.value) == (
+        f"policy {path} has mode 0{mode:o} (writable by group or others): run 'chmod go-w {path}'"
+        f" (the advisor runs the policy with the hive's secret)")
+    assert not path.with_name("policy-ran").exists()  # nothing of it ran
+
+
+def test_refuses_a_policy_owned_by_another_user(tmp_path):
+    path = marker_policy(tmp_path)
+    os.chown(path, 1000, 1000)
+    with pytest.raises(PolicyError) as info:
+        load_policy(str(path))
+    assert str(info.value) == (f"policy {path} is owned by uid 1000, not root: run 'chown "
+                               f"root:root {path}' (the advisor runs the policy with the hive's "
+                               f"secret)")
+    assert not path.with_name("policy-ran").exists()
+
+
+@pytest.mark.parametrize("owner, mode, problem", [
+    (0, 0o777, "has mode 0777 (writable by group or others): run 'chmod go-w {dir}'"),
+    (0, 0o775, "has mode 0775 (writable by group or others): run 'chmod go-w {dir}'"),
+    (1000, 0o755, "is owned by uid 1000, not root: run 'chown root:root {dir}'"),
+])
+def test_refuses_a_policy_in_a_directory_others_can_write(tmp_path, owner, mode, problem):
+    path = marker_policy(tmp_path)
+    os.chown(path.parent, owner, owner)
+    path.parent.chmod(mode)
+    with pytest.raises(PolicyError) as info:
+        load_policy(str(path))
+    assert f"policy {path}: directory {path.parent} " in str(info.value)
+    assert problem.format(dir=path.parent) in str(info.value)
+    assert not path.with_name("policy-ran").exists()
+
+
+def test_refuses_a_link_to_a_policy_in_a_directory_others_can_write(tmp_path):
+    target = marker_policy(tmp_path)
+    target.parent.chmod(0o777)
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o755)
+    (safe / "policy.py").symlink_to(target)
+    with pytest.raises(PolicyError, match=f"directory {target.parent} has mode 0777"):
+        load_policy(str(safe / "policy.py"))
+    assert not target.with_name("policy-ran").exists()
+
+
+def test_accepts_root_policy_in_a_sticky_shared_directory(tmp_path):
+    # Like /tmp: others may add files but cannot replace root's.
+    path = marker_policy(tmp_path)
+    path.parent.chmod(0o1777)
+    assert load_policy(str(path))(view_of("founder"), newcomer())["role"] == "builder"
+    assert path.with_name("policy-ran").exists()
+
+
+def test_a_fifo_is_refused_without_hanging(tmp_path):
+    path = tmp_path / "policy.py"
+    os.mkfifo(path, 0o644)
+    with pytest.raises(PolicyError, match="is not a regular file"):
+        load_policy(str(path))
 
 
 # --- advise(): run a policy, fall back on trouble -----------------------------------------------
