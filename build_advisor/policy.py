@@ -1,5 +1,5 @@
 """suggest_role() policies: the built-in default, loading a user's policy file, and checking
-what a policy returns.
+what a policy returns as every receiver of its ADVICE will.
 
 A policy is a Python file defining ``suggest_role(view, newcomer)`` that returns
 ``{"role": str, "packages": [str], "config": dict, "reason": str}``:
@@ -13,6 +13,7 @@ A policy is a Python file defining ``suggest_role(view, newcomer)`` that returns
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -20,8 +21,9 @@ import sys
 import types
 from typing import Callable
 
+from build_agent import protocol
 from build_agent.config import ConfigError
-from build_agent.protocol import is_valid_package, is_valid_role
+from build_agent.protocol import ProtocolError
 
 LOG = logging.getLogger(__name__)
 
@@ -145,33 +147,72 @@ def _restore_module(previous) -> None:
         sys.modules[MODULE_NAME] = previous
 
 
-def check_advice(result: object) -> dict:
-    """Validate a policy's answer; ValueError says what is wrong with it."""
+# --- a policy's answer, checked as every receiver will check it --------------------------------
+
+# Any key will do for the size check: a signature is 64 hex digits whoever signs.
+_CHECK_KEY = b"build-advisor-size-check"
+REASON_MAX = 300  # characters of a reason (longer ones are cut, not refused)
+
+# to_payload(answer) -> the ADVICE payload carrying it (the advisor's one builder of ADVICE)
+PayloadBuilder = Callable[[dict], dict]
+
+
+class AnswerError(ValueError):
+    """A policy's answer that no receiver would accept: the message says why."""
+
+
+def answer_fields(result: object) -> dict:
+    """role, packages, config, reason of a policy's answer (the last three optional; a longer
+    reason is cut), not yet checked."""
     if not isinstance(result, dict):
-        raise ValueError(f"returned {type(result).__name__}, not a dict")
-    role = result.get("role")
-    if not is_valid_role(role):
-        raise ValueError(f"invalid role {role!r}")
-    packages = result.get("packages", [])
-    if not isinstance(packages, list) or not all(is_valid_package(p) for p in packages):
-        raise ValueError(f"invalid packages {packages!r}")
-    config = result.get("config", {})
-    if not isinstance(config, dict):
-        raise ValueError("config is not a dict")
+        raise AnswerError(f"returned {type(result).__name__}, not a dict")
     reason = result.get("reason", "")
-    if not isinstance(reason, str):
-        raise ValueError("reason is not a string")
-    return {"role": role, "packages": list(packages), "config": dict(config),
-            "reason": reason[:300]}
+    return {"role": result.get("role"), "packages": result.get("packages", []),
+            "config": result.get("config", {}),
+            "reason": reason[:REASON_MAX] if isinstance(reason, str) else reason}
 
 
-def advise(policy: Policy, view: dict, newcomer: dict) -> dict:
-    """Run a policy; on any error log it and fall back to the default (never raise)."""
+def as_received(payload: dict) -> dict:
+    """The payload exactly as every receiver will decode it (protocol.decode: JSON without NaN or
+    Infinity, every field's type and size, the datagram's size); AnswerError if they would drop
+    it.  The fields are first checked as built, so a tuple or a set is refused, not converted."""
     try:
-        return check_advice(policy(view, newcomer))
-    except Exception as exc:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise AnswerError(f"not JSON: {exc}") from None
+    try:
+        protocol.validate(payload)
+        data = protocol.encode(payload, _CHECK_KEY)
+        received = protocol.decode(data, [_CHECK_KEY], protocol.parse_ts(payload["ts"]))
+    except ProtocolError as exc:
+        raise AnswerError(f"{exc}: every receiver would drop this ADVICE") from None
+    return received.payload
+
+
+def evaluate(policy: Policy, view: dict, newcomer: dict, to_payload: PayloadBuilder) -> dict:
+    """Run a policy: the ADVICE payload of its answer, as receivers will decode it.  Raises what
+    the policy raises, or AnswerError."""
+    return as_received(to_payload(answer_fields(policy(view, newcomer))))
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, AnswerError):
+        return f"invalid answer: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def fallback(view: dict, newcomer: dict, to_payload: PayloadBuilder, why: str) -> dict:
+    """Log why the policy did not answer (one line) and answer with the default policy."""
+    LOG.error("Policy failed for %s (%s); using the default policy", newcomer.get("hostname"), why)
+    return evaluate(default_suggest_role, view, newcomer, to_payload)
+
+
+def advise(policy: Policy, view: dict, newcomer: dict, to_payload: PayloadBuilder) -> dict:
+    """Run a policy here and now; on any error log it and fall back to the default (never raises
+    for a user's policy).  The advisor runs users' policies in a worker thread (see advisor)."""
+    try:
+        return evaluate(policy, view, newcomer, to_payload)
+    except (Exception, SystemExit) as exc:
         if policy is default_suggest_role:
             raise
-        LOG.error("Policy failed for %s (%s: %s); using the default policy",
-                  newcomer.get("hostname"), type(exc).__name__, exc)
-        return check_advice(default_suggest_role(view, newcomer))
+        return fallback(view, newcomer, to_payload, describe(exc))

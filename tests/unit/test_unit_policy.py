@@ -10,6 +10,7 @@ import pytest
 
 from build_advisor import policy as policy_mod
 from build_advisor.policy import PolicyError, advise, default_suggest_role, load_policy
+from build_agent.protocol import make_payload
 
 POLICIES = Path(policy_mod.__file__).resolve().parent / "policies"
 
@@ -38,6 +39,23 @@ def newcomer(**caps) -> dict:
 
 def as_tuple(result: dict) -> tuple:
     return result["role"], result["packages"], result["reason"]
+
+
+T0 = 1_795_694_400.0
+
+
+def build(answer: dict) -> dict:
+    """Stands in for the advisor's ADVICE builder."""
+    return make_payload("ADVICE", "adv-1", "build0", "10.0.0.1", T0, to="new",
+                        suggested_role=answer["role"], packages=answer["packages"],
+                        config=answer["config"], reason=answer["reason"])
+
+
+def run(policy, view: dict, comer: dict) -> dict:
+    """advise(), and the answer it sends, as a receiver decodes it."""
+    payload = advise(policy, view, comer, build)
+    return {"role": payload["suggested_role"], "packages": payload["packages"],
+            "config": payload["config"], "reason": payload["reason"]}
 
 
 # --- the default table ----------------------------------------------------------------------
@@ -246,19 +264,19 @@ def test_a_fifo_is_refused_without_hanging(tmp_path):
         load_policy(str(path))
 
 
-# --- advise(): run a policy, fall back on trouble -----------------------------------------------
+# --- advise(): run a policy, check its answer as receivers will, fall back on trouble ----------
 
 def test_advise_passes_a_good_answer_through():
     def custom(view, comer):
         return {"role": "ml-trainer", "packages": ["python3-pip"], "config": {"gpus": 2},
                 "reason": "x" * 400, "extra": "ignored"}
-    result = advise(custom, view_of("founder"), newcomer())
+    result = run(custom, view_of("founder"), newcomer())
     assert result == {"role": "ml-trainer", "packages": ["python3-pip"], "config": {"gpus": 2},
                       "reason": "x" * 300}
 
 
 def test_advise_fills_optional_keys():
-    result = advise(lambda v, n: {"role": "builder"}, view_of("founder"), newcomer())
+    result = run(lambda v, n: {"role": "builder"}, view_of("founder"), newcomer())
     assert result == {"role": "builder", "packages": [], "config": {}, "reason": ""}
 
 
@@ -266,7 +284,7 @@ def test_advise_falls_back_when_the_policy_raises(caplog):
     def broken(view, comer):
         raise KeyError("gpu")
     with caplog.at_level(logging.ERROR, logger="build_advisor.policy"):
-        result = advise(broken, view_of("founder", "builder"), newcomer())
+        result = run(broken, view_of("founder", "builder"), newcomer())
     assert as_tuple(result) == BUILDER
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "build99" in record.getMessage() and "KeyError" in record.getMessage()
@@ -291,15 +309,66 @@ def test_advise_falls_back_when_the_policy_raises(caplog):
 ])
 def test_advise_falls_back_when_the_policy_returns_garbage(garbage, caplog):
     with caplog.at_level(logging.ERROR, logger="build_advisor.policy"):
-        result = advise(lambda v, n: garbage, view_of("founder"), newcomer())
+        result = run(lambda v, n: garbage, view_of("founder"), newcomer())
     assert as_tuple(result) == CONTROLLER
     assert any(r.levelno == logging.ERROR and "Policy failed" in r.getMessage()
                for r in caplog.records)
 
 
+class Opaque:
+    pass
+
+
+def circular() -> dict:
+    config: dict = {}
+    config["self"] = config
+    return config
+
+
+# Answers the old check let through, though every receiver drops the ADVICE they make (or it
+# cannot even be encoded): each must fall back to the default, with one error line saying why.
+@pytest.mark.parametrize("answer, why", [
+    ({"role": "builder", "config": {"blob": "x" * 5000}}, "bad field: config"),
+    ({"role": "builder", "packages": [f"pkg{i}" for i in range(65)]}, "bad field: packages"),
+    ({"role": "builder", "packages": ["p" + "x" * 127] * 64}, "oversized"),
+    ({"role": "builder", "config": {"ratio": float("nan")}}, "not JSON: Out of range float"),
+    ({"role": "builder", "config": {"limit": float("inf")}}, "not JSON: Out of range float"),
+    ({"role": "builder", "config": {"tags": {"gpu", "big"}}}, "not JSON: Object of type set"),
+    ({"role": "builder", "packages": {"git"}}, "not JSON: Object of type set"),
+    ({"role": "builder", "config": {"raw": b"\x00"}}, "not JSON: Object of type bytes"),
+    ({"role": "builder", "config": {"obj": Opaque()}}, "not JSON: Object of type Opaque"),
+    ({"role": "builder", "config": {(1, 2): "tuple key"}}, "not JSON: keys must be"),
+    ({"role": "builder", "config": circular()}, "not JSON: Circular reference"),
+    ({"role": "builder", "config": {"x": "y"}, "reason": "é" * 300,
+      "packages": ["p" + "x" * 127] * 50}, "oversized"),  # non-ASCII travels as \\uXXXX
+])
+def test_advise_checks_the_answer_as_every_receiver_will(answer, why, caplog):
+    with caplog.at_level(logging.ERROR, logger="build_advisor.policy"):
+        result = run(lambda v, n: answer, view_of("founder", "builder"), newcomer())
+    assert as_tuple(result) == BUILDER and result["config"] == {}
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith("Policy failed for build99 (invalid answer: ") and why in line, line
+    assert line.endswith("); using the default policy")
+
+
+def test_the_largest_answer_receivers_accept_passes():
+    answer = {"role": "r" * 63, "packages": [f"p{i:03d}" + "x" * 60 for i in range(64)],
+              "config": {"k": "v" * 3000}, "reason": "y" * 300}
+    assert run(lambda v, n: answer, view_of("founder"), newcomer()) == answer
+
+
+def test_the_advice_sent_is_a_plain_copy(caplog):
+    # The policy keeps (and may later change) what it returned: what goes out is a copy.
+    shared = {"packages": ["git"], "config": {"slots": [1, 2]}}
+    result = run(lambda v, n: {"role": "builder", **shared}, view_of("founder"), newcomer())
+    shared["packages"].append("evil")
+    shared["config"]["slots"].append(3)
+    assert result["packages"] == ["git"] and result["config"] == {"slots": [1, 2]}
+
+
 def test_advise_with_the_default_policy_does_not_log(caplog):
     with caplog.at_level(logging.DEBUG):
-        result = advise(default_suggest_role, view_of("founder", "a", "b", "c"), newcomer())
+        result = run(default_suggest_role, view_of("founder", "a", "b", "c"), newcomer())
     assert as_tuple(result) == RUNNER
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -308,7 +377,7 @@ def test_advise_with_a_loaded_failing_policy_file(tmp_path, caplog):
     path = write(tmp_path, "def suggest_role(view, newcomer):\n    return 1 / 0\n")
     function = load_policy(path)  # loads fine; fails only when run
     with caplog.at_level(logging.ERROR):
-        result = advise(function, view_of("founder", "builder", "builder"), newcomer())
+        result = run(function, view_of("founder", "builder", "builder"), newcomer())
     assert as_tuple(result) == BUILDER
     assert "ZeroDivisionError" in caplog.text
 
@@ -326,7 +395,7 @@ def gpu_aware():
 
 
 def test_role_balance_first_a_controller(role_balance):
-    result = advise(role_balance, view_of("founder"), newcomer())
+    result = run(role_balance, view_of("founder"), newcomer())
     assert result["role"] == "controller" and result["packages"] == ["ansible", "git"]
 
 
@@ -340,7 +409,7 @@ def test_role_balance_first_a_controller(role_balance):
     (["controller", "builder"] * 2 + ["runner"] * 3, "builder"),  # only 2 builders
 ])
 def test_role_balance_keeps_min_builders_then_balances(role_balance, existing, expected):
-    result = advise(role_balance, view_of("founder", *existing), newcomer())
+    result = run(role_balance, view_of("founder", *existing), newcomer())
     assert result["role"] == expected
     if expected == "builder":
         assert "openjdk-17-jdk" in result["packages"]
@@ -351,14 +420,14 @@ def test_role_balance_keeps_min_builders_then_balances(role_balance, existing, e
 def test_role_balance_counts_the_advisor_itself(role_balance):
     # The advisor is the controller: the newcomer must not be told to become one.
     view = view_of("controller")
-    assert advise(role_balance, view, newcomer())["role"] == "builder"
+    assert run(role_balance, view, newcomer())["role"] == "builder"
 
 
 def test_role_balance_sequence(role_balance):
     roles = ["founder"]
     for _ in range(9):
         advisor_role, *peer_roles = roles
-        roles.append(advise(role_balance, view_of(advisor_role, *peer_roles), newcomer())["role"])
+        roles.append(run(role_balance, view_of(advisor_role, *peer_roles), newcomer())["role"])
     assert roles == ["founder", "controller", "builder", "builder", "builder", "runner",
                      "runner", "runner", "builder", "runner"]
 
@@ -366,7 +435,7 @@ def test_role_balance_sequence(role_balance):
 def test_gpu_aware_gpu_node_becomes_ml_trainer(gpu_aware):
     view = view_of("founder", "controller", "builder")
     view["peers"][1]["role"] = "ml-trainer"
-    result = advise(gpu_aware, view, newcomer(has_gpu=True))
+    result = run(gpu_aware, view, newcomer(has_gpu=True))
     assert result["role"] == "ml-trainer"
     assert result["packages"] == ["nvidia-cuda-toolkit", "python3-pip"]
     assert result["config"] == {"gpus": 1}
@@ -379,11 +448,11 @@ def test_gpu_aware_other_nodes_get_the_default(gpu_aware, caps):
     comer["capabilities"] = caps
     for peers in (0, 1, 3):
         view = view_of("founder", *["builder"] * peers)
-        assert advise(gpu_aware, view, comer) == advise(default_suggest_role, view, comer)
+        assert run(gpu_aware, view, comer) == run(default_suggest_role, view, comer)
 
 
 def test_gpu_aware_tolerates_missing_capabilities(gpu_aware, caplog):
     comer = {"node_id": "new", "hostname": "build99", "ip": "10.0.0.99"}
     with caplog.at_level(logging.ERROR):
-        assert advise(gpu_aware, view_of("founder"), comer)["role"] == "controller"
+        assert run(gpu_aware, view_of("founder"), comer)["role"] == "controller"
     assert "Policy failed" not in caplog.text
