@@ -173,8 +173,9 @@ class Advisor(Service):
                 with self._lock:
                     self._calls -= 1
             if not self._claim(request):
-                LOG.warning("Policy answered %s after %.1f s, too late: the default policy had "
-                            "answered", request.message.hostname, self.steady() - request.started)
+                LOG.warning("Policy call for %s returned after %.1f s, too late: the default "
+                            "policy had answered", request.message.hostname,
+                            self.steady() - request.started)
                 return
             if why is not None:
                 self._answer_with_default(request, why)

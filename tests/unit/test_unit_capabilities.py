@@ -70,6 +70,6 @@ def test_no_pci_bus_means_no_gpu(tmp_path):
     assert capabilities.detect(str(tmp_path / "missing"))["has_gpu"] is False
 
 
-def test_detect_reads_this_machine(tmp_path):
+def test_detect_reads_this_machine():
     caps = capabilities.detect()
     assert isinstance(caps["has_gpu"], bool) and caps["cpu_cores"] >= 1

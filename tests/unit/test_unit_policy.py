@@ -357,7 +357,7 @@ def test_the_largest_answer_receivers_accept_passes():
     assert run(lambda v, n: answer, view_of("founder"), newcomer()) == answer
 
 
-def test_the_advice_sent_is_a_plain_copy(caplog):
+def test_the_advice_sent_is_a_plain_copy():
     # The policy keeps (and may later change) what it returned: what goes out is a copy.
     shared = {"packages": ["git"], "config": {"slots": [1, 2]}}
     result = run(lambda v, n: {"role": "builder", **shared}, view_of("founder"), newcomer())
