@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -15,6 +16,15 @@ from build_agent import timing
 from lab import REPO, log_lines
 
 DATA = REPO / "tests" / "data"
+
+
+def policy_copy(name: str, directory: Path) -> str:
+    """A copy of tests/data/NAME that load_policy accepts whoever owns the checkout: root's,
+    mode 0644, in a directory only root can write (pytest's tmp_path, as we run as root)."""
+    target = directory / name
+    shutil.copyfile(DATA / name, target)
+    target.chmod(0o644)
+    return str(target)
 
 
 def test_killed_node_leaves_every_peers_json_within_three_heartbeats(make_lab):
@@ -145,7 +155,7 @@ def test_startup_errors_are_one_clear_line(make_lab, tmp_path):
 
     secret = lab.host_dir(host) / "shared_secret"
     result = run("build_advisor", f'secret_file = "{secret}"\ninterface = "eth0"\n'
-                                  f'policy = "{DATA / "policy_broken.py"}"\n')
+                                  f'policy = "{policy_copy("policy_broken.py", tmp_path)}"\n')
     assert result.returncode == 1
     assert "does not define suggest_role" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -154,8 +164,8 @@ def test_startup_errors_are_one_clear_line(make_lab, tmp_path):
     assert result.returncode == 1 and "interface nosuch0" in result.stderr
 
 
-def test_a_failing_policy_falls_back_to_the_default(make_lab):
-    lab = make_lab(policy=str(DATA / "policy_raises.py"))
+def test_a_failing_policy_falls_back_to_the_default(make_lab, tmp_path):
+    lab = make_lab(policy=policy_copy("policy_raises.py", tmp_path))
     lab.up(3)
     # build2 (even) gets the policy's role; build3 (odd) makes the policy raise: default role.
     assert lab.role(2) == "tester"
@@ -210,7 +220,7 @@ def test_a_slow_or_unruly_policy_holds_up_no_join(make_lab, tmp_path):
     right behind it gets the policy's own answer, the advisors' loops keep pinging the watchdog.
     build5's and build6's answers (a set, NaN) are dropped by every receiver: the default
     answers them at once."""
-    lab = make_lab(heartbeat=1, policy=str(DATA / "policy_unruly.py"))
+    lab = make_lab(heartbeat=1, policy=policy_copy("policy_unruly.py", tmp_path))
     notify = NotifyListener(tmp_path / "notify.sock")
     # Both daemons of every host talk to our socket as to systemd, with a 1 s watchdog.
     lab.env.update(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000")

@@ -16,7 +16,7 @@ from build_advisor.policy import default_suggest_role, load_policy
 from build_agent import protocol, state, timing
 from build_agent.agent import Agent
 from build_agent.daemon import Service
-from hive_fakes import SECRET, T0, FakeSocket
+from hive_fakes import SECRET, T0, FakeSocket, policy_copy
 
 SELF_ID = "self-node-0"
 NEW_ID = "new-node-9"
@@ -228,8 +228,9 @@ def test_failing_policy_falls_back_to_the_default(make_advisor, fake_sock, caplo
     assert "RuntimeError" in caplog.text
 
 
-def test_policy_sees_newcomer_capabilities(make_advisor, fake_sock):
-    gpu = load_policy(str(Path(policy_mod.__file__).parent / "policies" / "gpu_aware.py"))
+def test_policy_sees_newcomer_capabilities(make_advisor, fake_sock, tmp_path):
+    gpu = load_policy(policy_copy(Path(policy_mod.__file__).parent / "policies" / "gpu_aware.py",
+                                  tmp_path))
     advisor = make_advisor(policy=gpu)
     identify(advisor, has_gpu=True, cpu_cores=16)
     [(advice, _)] = advices(fake_sock)

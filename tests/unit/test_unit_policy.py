@@ -11,6 +11,7 @@ import pytest
 from build_advisor import policy as policy_mod
 from build_advisor.policy import PolicyError, advise, default_suggest_role, load_policy
 from build_agent.protocol import make_payload
+from hive_fakes import policy_copy
 
 POLICIES = Path(policy_mod.__file__).resolve().parent / "policies"
 
@@ -385,13 +386,13 @@ def test_advise_with_a_loaded_failing_policy_file(tmp_path, caplog):
 # --- the shipped example policies -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def role_balance():
-    return load_policy(str(POLICIES / "role_balance.py"))
+def role_balance(tmp_path_factory):
+    return load_policy(policy_copy(POLICIES / "role_balance.py", tmp_path_factory.mktemp("p")))
 
 
 @pytest.fixture(scope="module")
-def gpu_aware():
-    return load_policy(str(POLICIES / "gpu_aware.py"))
+def gpu_aware(tmp_path_factory):
+    return load_policy(policy_copy(POLICIES / "gpu_aware.py", tmp_path_factory.mktemp("p")))
 
 
 def test_role_balance_first_a_controller(role_balance):
