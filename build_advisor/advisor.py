@@ -4,13 +4,24 @@ Its view of the hive is the shared Membership code fed with the same broadcasts 
 (STATUS heartbeats, HELLO, goodbyes), topped up from the local agent's peers.json, which holds
 what the agent learned from WELCOMEs before this advisor started.  Only a node that has an
 identity advises, and never itself.
+
+A user's policy runs in a worker thread, never in the event loop (it may query a slow service):
+the loop keeps hearing the hive and pinging the watchdog.  Each newcomer's advice has its own
+deadline (timing.POLICY_TIMEOUT), after which the default policy answers; at most
+MAX_POLICY_CALLS calls run at once (a call that never returns keeps its slot), beyond that the
+default answers at once.  Whichever comes first, the policy's answer or the deadline, answers;
+the other is dropped.  The built-in default policy runs in the loop: it is instant.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import os
+import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from build_agent import state, timing
@@ -20,9 +31,31 @@ from build_agent.membership import Member, Membership
 from build_agent.netif import Interface
 from build_agent.protocol import Message, make_payload
 
-from .policy import Policy, advise
+from .policy import AnswerError, Policy, advise, default_suggest_role, describe, evaluate, fallback
 
 LOG = logging.getLogger(__name__)
+
+MAX_POLICY_CALLS = 4  # policy calls running at once, per advisor
+
+Spawn = Callable[[Callable[[], None]], None]
+
+
+def start_thread(work: Callable[[], None]) -> None:
+    """Run work in a daemon thread: one that never returns cannot keep the advisor from exiting."""
+    threading.Thread(target=work, name="policy", daemon=True).start()
+
+
+@dataclass
+class Request:
+    """A newcomer waiting for our advice."""
+    message: Message      # its latest IDENTIFY: the ADVICE answers this one
+    source_ip: str
+    view: dict
+    newcomer: dict
+    peers: int            # peers in the view (for the log; the policy may change its copy)
+    started: float        # steady clock
+    deadline: float       # steady clock: then the default policy answers
+    answered: bool = False
 
 
 def member_view(member: Member) -> dict:
@@ -38,11 +71,17 @@ def _echo_request_id(identify: Message) -> dict:
 
 class Advisor(Service):
     def __init__(self, config: Config, secrets: Sequence[bytes], iface: Interface, hostname: str,
-                 policy: Policy, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(config, secrets, state.read_node_id(config.node_id_path), clock)
+                 policy: Policy, clock: Callable[[], float] = time.time,
+                 steady: Callable[[], float] = time.monotonic,
+                 spawn: Spawn = start_thread) -> None:
+        super().__init__(config, secrets, state.read_node_id(config.node_id_path), clock, steady)
         self.iface = iface
         self.hostname = hostname
         self.policy = policy
+        self.spawn = spawn
+        self._lock = threading.Lock()  # the fields below are shared with the policy threads
+        self._pending: dict[str, Request] = {}  # newcomer node id -> its unanswered request
+        self._calls = 0  # policy calls running (returned or not, answered or not)
         self.membership = Membership(config.heartbeat_interval)
         self.sock = None
         self._peers_mtime = 0.0
@@ -85,6 +124,11 @@ class Advisor(Service):
         if identity is None:
             LOG.debug("Not advising %s: this node has no identity yet", message.hostname)
             return
+        with self._lock:
+            waiting = self._pending.get(message.node_id)
+            if waiting is not None:  # it asked again while its policy call runs: one answer
+                waiting.message, waiting.source_ip = message, source_ip
+                return
         me = {"node_id": self.node_id, "hostname": self.hostname, "ip": self.iface.address,
               "role": identity["role"], "capabilities": {}}
         peers = [member_view(m) for m in
@@ -92,16 +136,88 @@ class Advisor(Service):
         view = {"self": me, "peers": peers, "members": [me] + peers}
         newcomer = {"node_id": message.node_id, "hostname": message.hostname, "ip": source_ip,
                     "capabilities": dict(message.get("capabilities") or {})}
-        advice = advise(self.policy, view, newcomer)
-        payload = make_payload("ADVICE", self.node_id, self.hostname, self.iface.address,
-                               self.stamp(),
-                               to=message.node_id, suggested_role=advice["role"],
-                               packages=advice["packages"], config=advice["config"],
-                               reason=advice["reason"], **_echo_request_id(message))
-        self.send(self.sock, payload, (source_ip, self.config.port))
-        self.advised += 1
-        LOG.info(" -> %s: become '%s' (%s) [%d peer(s) in view]", message.hostname,
-                 advice["role"], advice["reason"], len(peers))
+        request = Request(message, source_ip, view, newcomer, len(peers), now,
+                          now + timing.POLICY_TIMEOUT)
+        if self.policy is default_suggest_role:
+            self._answer(request, lambda build: advise(self.policy, view, newcomer, build))
+            return
+        with self._lock:
+            busy = self._calls >= MAX_POLICY_CALLS
+            if not busy:
+                self._calls += 1
+                self._pending[message.node_id] = request
+        if busy:
+            self._answer_with_default(request, f"{MAX_POLICY_CALLS} earlier policy calls are "
+                                               f"still running")
+            return
+        try:
+            self.spawn(functools.partial(self._call_policy, request))
+        except RuntimeError as exc:  # no thread to be had
+            with self._lock:
+                self._calls -= 1
+            if self._claim(request):
+                self._answer_with_default(request, f"cannot start a thread: {exc}")
+
+    def _advice_payload(self, request: Request, answer: dict) -> dict:
+        """The one place an ADVICE payload is built."""
+        return make_payload("ADVICE", self.node_id, self.hostname, self.iface.address,
+                            self.stamp(),
+                            to=request.message.node_id, suggested_role=answer["role"],
+                            packages=answer["packages"], config=answer["config"],
+                            reason=answer["reason"], **_echo_request_id(request.message))
+
+    def _call_policy(self, request: Request) -> None:
+        """In a worker thread: run the policy on copies; answer unless the deadline passed."""
+        try:
+            payload, why = None, None
+            try:
+                view, newcomer = copy.deepcopy((request.view, request.newcomer))
+                payload = evaluate(self.policy, view, newcomer,
+                                   functools.partial(self._advice_payload, request))
+            except (Exception, SystemExit) as exc:
+                why = describe(exc)
+            finally:
+                with self._lock:
+                    self._calls -= 1
+            if not self._claim(request):
+                LOG.warning("Policy call for %s returned after %.1f s, too late: the default "
+                            "policy had answered", request.message.hostname,
+                            self.steady() - request.started)
+                return
+            if why is not None:
+                self._answer_with_default(request, why)
+            else:
+                self._send_advice(request, payload)
+        except Exception:  # a bug here must not go unseen, nor take anything down
+            LOG.exception("Error while advising %s", request.message.hostname)
+
+    def _claim(self, request: Request) -> bool:
+        """True for the first of (the policy's answer, the deadline) to reach this request."""
+        with self._lock:
+            if request.answered:
+                return False
+            request.answered = True
+            if self._pending.get(request.message.node_id) is request:
+                del self._pending[request.message.node_id]
+            return True
+
+    def _answer_with_default(self, request: Request, why: str) -> None:
+        self._answer(request, lambda build: fallback(request.view, request.newcomer, build, why))
+
+    def _answer(self, request: Request, advice: Callable[[Callable[[dict], dict]], dict]) -> None:
+        try:
+            payload = advice(functools.partial(self._advice_payload, request))
+        except AnswerError as exc:  # even the default's ADVICE would be dropped: say so once
+            LOG.error("Cannot advise %s: %s", request.message.hostname, exc)
+            return
+        self._send_advice(request, payload)
+
+    def _send_advice(self, request: Request, payload: dict) -> None:
+        self.send(self.sock, payload, (request.source_ip, self.config.port))
+        with self._lock:
+            self.advised += 1
+        LOG.info(" -> %s: become '%s' (%s) [%d peer(s) in view]", request.message.hostname,
+                 payload["suggested_role"], payload["reason"], request.peers)
 
     def tick(self, now: float) -> float:
         self.membership.expire(now)
@@ -110,5 +226,13 @@ class Advisor(Service):
             # (read at most once per PEERS_FILE_POLL, when awake anyway).
             self.node_id = state.read_node_id(self.config.node_id_path) or self.node_id
             self._next_id_read = now + timing.PEERS_FILE_POLL
-        return min(self.membership.next_deadline(),
+        with self._lock:
+            overdue = [r for r in self._pending.values() if r.deadline <= now]
+        for request in overdue:
+            if self._claim(request):
+                self._answer_with_default(request, f"no answer within "
+                                                   f"{timing.POLICY_TIMEOUT:g} s")
+        with self._lock:
+            next_answer = min((r.deadline for r in self._pending.values()), default=float("inf"))
+        return min(self.membership.next_deadline(), next_answer,
                    now + timing.PEERS_FILE_POLL if self.node_id is None else float("inf"))

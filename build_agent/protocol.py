@@ -16,6 +16,7 @@ import datetime as _dt
 import ipaddress
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -519,11 +520,13 @@ class Stamper:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self._last_us = 0
+        self._lock = threading.Lock()  # the advisor builds ADVICE in policy threads too
 
     def __call__(self) -> float:
         now_us = int(self.clock() * 1_000_000)
-        self._last_us = max(now_us, self._last_us + 1)
-        return self._last_us / 1_000_000
+        with self._lock:
+            self._last_us = max(now_us, self._last_us + 1)
+            return self._last_us / 1_000_000
 
 
 @dataclass

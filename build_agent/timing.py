@@ -46,6 +46,10 @@ REJECT_LOG_PERIOD = 60.0
 # Re-read peers.json written by the local agent at most this often (advisor).
 PEERS_FILE_POLL = 1.0
 
+# A user's policy has this long to answer a newcomer (advisor; it runs in a worker thread), then
+# the default policy answers: well under ADVICE_TIMEOUT, so the advice arrives in time even for
+# an IDENTIFY first heard at the asker's last retry (IDENTIFY_SCHEDULE[-1] = 1.2 s).
+POLICY_TIMEOUT = 1.0
 # Healing: a member that announced a move ('moving') and said nothing more about it for this
 # long is no longer waited for (a move takes at most ADVICE_TIMEOUT plus a moment).
 MOVE_TIMEOUT = 10.0

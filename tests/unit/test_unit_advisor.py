@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from build_advisor.advisor import Advisor
+from build_advisor.advisor import Advisor, start_thread
 from build_advisor import policy as policy_mod
 from build_advisor.policy import default_suggest_role, load_policy
-from build_agent import protocol, state
+from build_agent import protocol, state, timing
 from build_agent.agent import Agent
 from build_agent.daemon import Service
-from hive_fakes import SECRET, T0, FakeSocket
+from hive_fakes import SECRET, T0, FakeSocket, policy_copy
 
 SELF_ID = "self-node-0"
 NEW_ID = "new-node-9"
@@ -32,14 +34,34 @@ class RecordingPolicy:
         return self.wrapped(view, newcomer)
 
 
+def run_now(work):
+    """spawn= for tests: the policy call runs at once, in this thread."""
+    work()
+
+
+class HeldCalls:
+    """spawn= for tests: policy calls wait here until the test runs them (a slow policy)."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __call__(self, work) -> None:
+        self.calls.append(work)
+
+    def finish(self, index: int = 0) -> None:
+        self.calls.pop(index)()
+
+
 @pytest.fixture
 def make_advisor(config, iface, clock, fake_sock):
-    def factory(policy=default_suggest_role, with_identity=True, with_node_id=True) -> Advisor:
+    def factory(policy=default_suggest_role, with_identity=True, with_node_id=True,
+                spawn=run_now) -> Advisor:
         if with_node_id:
             config.node_id_path.write_text(SELF_ID + "\n")
         if with_identity:
             state.write_json_atomic(config.identity_path, IDENTITY)
-        advisor = Advisor(config, [SECRET], iface, "build0", policy, clock=clock)
+        advisor = Advisor(config, [SECRET], iface, "build0", policy, clock=clock, steady=clock,
+                          spawn=spawn)
         advisor.attach(fake_sock)
         return advisor
     return factory
@@ -206,12 +228,157 @@ def test_failing_policy_falls_back_to_the_default(make_advisor, fake_sock, caplo
     assert "RuntimeError" in caplog.text
 
 
-def test_policy_sees_newcomer_capabilities(make_advisor, fake_sock):
-    gpu = load_policy(str(Path(policy_mod.__file__).parent / "policies" / "gpu_aware.py"))
+def test_policy_sees_newcomer_capabilities(make_advisor, fake_sock, tmp_path):
+    gpu = load_policy(policy_copy(Path(policy_mod.__file__).parent / "policies" / "gpu_aware.py",
+                                  tmp_path))
     advisor = make_advisor(policy=gpu)
     identify(advisor, has_gpu=True, cpu_cores=16)
     [(advice, _)] = advices(fake_sock)
     assert advice.get("suggested_role") == "ml-trainer"
+
+
+# --- a user's policy: checked as receivers will, off the loop, with a deadline ---------------------
+
+@pytest.mark.parametrize("answer", [
+    {"role": "builder", "config": {"tags": {"gpu"}}},             # a set: send() used to raise
+    {"role": "builder", "config": {"ratio": float("nan")}},       # NaN: receivers drop it
+    {"role": "builder", "config": {"blob": "x" * 5000}},          # config too large
+    {"role": "builder", "packages": [f"pkg{i}" for i in range(65)]},
+    {"role": "builder", "packages": ["p" + "x" * 127] * 64},      # datagram too large
+])
+def test_an_answer_receivers_would_drop_gets_the_default(make_advisor, fake_sock, caplog, answer):
+    advisor = make_advisor(policy=lambda view, newcomer: answer)
+    with caplog.at_level(logging.INFO):
+        identify(advisor)
+    [(advice, address)] = advices(fake_sock)  # decoded as a receiver does
+    assert address == ("10.9.0.99", 50555)
+    assert advice.get("suggested_role") == "controller" and advice.get("to") == NEW_ID
+    assert advice.get("config") == {}
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("Policy failed for build9 (invalid answer")
+    assert " -> build9: become 'controller' (first node becomes controller)" in caplog.text
+
+
+def test_a_slow_policy_is_answered_by_the_default_at_its_deadline(make_advisor, fake_sock,
+                                                                  caplog, clock):
+    held = HeldCalls()
+    policy = RecordingPolicy(lambda view, newcomer: {"role": "late", "reason": "slow"})
+    advisor = make_advisor(policy=policy, spawn=held)
+    add_members(advisor, 1)
+    with caplog.at_level(logging.INFO):
+        identify(advisor, now=T0 + 1)
+        assert advices(fake_sock) == [] and len(held.calls) == 1
+        # The loop's next wake-up is the deadline; nothing is sent before it.
+        assert advisor.tick(T0 + 1.5) == T0 + 1 + timing.POLICY_TIMEOUT
+        assert advices(fake_sock) == []
+        advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT)
+        [(advice, _)] = advices(fake_sock)
+        assert advice.get("suggested_role") == "builder"  # the default, for 1 peer
+        assert (f"Policy failed for build9 (no answer within {timing.POLICY_TIMEOUT:g} s); "
+                f"using the default policy") in caplog.text
+        # The policy answers at last, 30 s after it was asked: dropped, said once.
+        clock.now = T0 + 31
+        held.finish()
+    assert len(policy.calls) == 1 and len(advices(fake_sock)) == 1
+    assert ("Policy call for build9 returned after 30.0 s, too late: the default policy had "
+            "answered" in caplog.text)
+    assert advisor.advised == 1 and advisor._calls == 0
+
+
+def test_a_policy_that_answers_in_time_is_sent_once(make_advisor, fake_sock):
+    held = HeldCalls()
+    advisor = make_advisor(policy=lambda view, newcomer: {"role": "tester", "reason": "mine"},
+                           spawn=held)
+    identify(advisor, now=T0 + 1)
+    # Asked again (the agent's retries) while the call runs: no second call.
+    identify(advisor, now=T0 + 1.4, **{"cpu_cores": 2})
+    assert len(held.calls) == 1
+    held.finish()
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == "tester"
+    assert advisor.tick(T0 + 5) == float("inf")  # nothing left to answer
+    assert len(advices(fake_sock)) == 1
+
+
+def test_a_slow_newcomer_does_not_delay_the_next(make_advisor, fake_sock):
+    held = HeldCalls()
+
+    def policy(view, newcomer):
+        return {"role": "tester", "reason": f"for {newcomer['hostname']}"}
+    advisor = make_advisor(policy=policy, spawn=held)
+    feed(advisor, "IDENTIFY", "slow-node", "build7", "10.9.0.77", T0 + 1, request="who_am_i")
+    feed(advisor, "IDENTIFY", "quick-node", "build8", "10.9.0.88", T0 + 1.2, request="who_am_i")
+    held.finish(1)  # the second newcomer's call returns first
+    [(advice, address)] = advices(fake_sock)
+    assert advice.get("to") == "quick-node" and address[0] == "10.9.0.88"
+    advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT)  # the first one's deadline: the default
+    assert [(m.get("to"), m.get("suggested_role")) for m, _ in advices(fake_sock)] == [
+        ("quick-node", "tester"), ("slow-node", "controller")]
+
+
+def test_policy_calls_in_flight_are_bounded(make_advisor, fake_sock, caplog):
+    held = HeldCalls()
+    advisor = make_advisor(policy=lambda view, newcomer: {"role": "tester"}, spawn=held)
+    from build_advisor.advisor import MAX_POLICY_CALLS
+    for i in range(MAX_POLICY_CALLS):
+        feed(advisor, "IDENTIFY", f"node-{i}", f"build{20 + i}", f"10.9.0.{20 + i}", T0 + 1,
+             request="who_am_i")
+    # Their deadlines pass: the default answers them, but their calls still run (hung).
+    advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT)
+    assert len(advices(fake_sock)) == MAX_POLICY_CALLS and len(held.calls) == MAX_POLICY_CALLS
+    with caplog.at_level(logging.ERROR):
+        feed(advisor, "IDENTIFY", "one-more", "build30", "10.9.0.30", T0 + 3, request="who_am_i")
+    # No fifth call: the default answers at once.
+    assert len(held.calls) == MAX_POLICY_CALLS
+    assert advices(fake_sock)[-1][0].get("to") == "one-more"
+    assert (f"Policy failed for build30 ({MAX_POLICY_CALLS} earlier policy calls are still "
+            f"running); using the default policy") in caplog.text
+    # One hung call returns: its slot is free again.
+    held.finish()
+    feed(advisor, "IDENTIFY", "later", "build31", "10.9.0.31", T0 + 4, request="who_am_i")
+    assert len(held.calls) == MAX_POLICY_CALLS
+    held.finish(-1)
+    assert advices(fake_sock)[-1][0].get("to") == "later"
+    assert advices(fake_sock)[-1][0].get("suggested_role") == "tester"
+
+
+def test_the_policy_gets_copies_it_may_change(make_advisor, fake_sock):
+    def rude(view, newcomer):
+        view["peers"].clear()
+        newcomer["hostname"] = "changed"
+        raise RuntimeError("after changing things")
+    advisor = make_advisor(policy=rude)
+    add_members(advisor, 3)
+    identify(advisor)
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == "runner"  # the default saw all 3 peers
+
+
+def test_a_real_thread_keeps_the_caller_free(make_advisor, fake_sock, caplog):
+    """With the real spawn: handle() returns at once while the policy blocks."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocking(view, newcomer):
+        entered.set()
+        release.wait(30)
+        return {"role": "late"}
+    advisor = make_advisor(policy=blocking, spawn=start_thread)
+    started = time.monotonic()
+    identify(advisor, now=T0 + 1)
+    took = time.monotonic() - started
+    assert entered.wait(10)
+    print(f"handle() returned after {took * 1000:.1f} ms with the policy blocked")
+    assert advices(fake_sock) == []
+    with caplog.at_level(logging.WARNING):
+        advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT)
+        assert [m.get("suggested_role") for m, _ in advices(fake_sock)] == ["controller"]
+        release.set()
+        deadline = time.monotonic() + 10
+        while advisor._calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert advisor._calls == 0 and len(advices(fake_sock)) == 1
+    assert "too late" in caplog.text
 
 
 # --- Service.receive / send -----------------------------------------------------------------------
