@@ -26,7 +26,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import threading
 import time
 from typing import Callable, Sequence
 
@@ -50,7 +49,7 @@ class Agent(Service):
     def __init__(self, config: Config, secrets: Sequence[bytes], iface: Interface, node_id: str,
                  hostname: str, capabilities: dict | None = None,
                  clock: Callable[[], float] = time.time,
-                 installer: Callable[[Sequence[str]], str | None] = provision.install,
+                 installer: Callable[[Sequence[str]], str | None] | None = None,
                  desired_roles: Callable[[dict], object] | None = None) -> None:
         super().__init__(config, secrets, node_id, clock)
         # The policy's desired roles for a view (None: this agent does not heal).
@@ -63,7 +62,9 @@ class Agent(Service):
         self.iface = iface
         self.hostname = hostname
         self.capabilities = capabilities if capabilities is not None else caps_mod.detect()
-        self.installer = installer
+        self.provisioner = provision.Provisioner(
+            installer if installer is not None else provision.SystemInstaller(config.state_dir),
+            enabled=config.install_packages, clock=clock)
         self.membership = Membership(config.heartbeat_interval)
         self.identity: dict | None = None
         self.started_text = format_ts(clock())  # wall time this agent began using node_id
@@ -83,9 +84,6 @@ class Agent(Service):
         self.next_heartbeat = 0.0
         self.next_keepalive = 0.0
         self.peers_dirty = True
-        self.next_provision: float | None = None
-        self._provision_result: list = []
-        self._provision_thread: threading.Thread | None = None
 
     # --- wiring -----------------------------------------------------------------------------
     def attach(self, broadcast_sock, unicast_sock) -> None:
@@ -100,7 +98,7 @@ class Agent(Service):
                             interval=self.config.heartbeat_interval)
             self.next_heartbeat = now
             if self.identity.get("provisioned") is not True:
-                self.next_provision = now
+                self.provisioner.request(self.identity.get("packages") or [], now)
         else:
             self._begin_discovery(now)
 
@@ -364,7 +362,7 @@ class Agent(Service):
         self.joining_since = None
         self.reask_backoff = timing.REASK_BACKOFF_FIRST
         self.next_heartbeat = now  # announce the new role at once: waiting joiners go next
-        self.next_provision = now
+        self.provisioner.request(identity["packages"], now)
         self.peers_dirty = True
 
     def _tick_operate(self, now: float) -> float:
@@ -493,45 +491,15 @@ class Agent(Service):
             return self._end_move(now, retry=True)  # hive reset meanwhile: not written back
         state.write_json_atomic(self.config.identity_path, identity)
         self.identity = identity
-        self.next_provision = now
+        self.provisioner.request(identity["packages"], now)
         return self._end_move(now, retry=False)
 
-    # --- provisioning -------------------------------------------------------------------------
+    # --- provisioning (provision.Provisioner does the work; here: identity.json) ---------------
     def _tick_provisioning(self, now: float) -> float:
-        if self._provision_thread is not None:
-            if self._provision_thread.is_alive():
-                return now + 1.0
-            self._provision_thread = None
-            self._record_provisioning(self._provision_result.pop(), now)
-        if self.next_provision is None or now < self.next_provision:
-            return self.next_provision if self.next_provision is not None else float("inf")
-        self.next_provision = None
-        packages = list(self.identity.get("packages") or [])
-        if not self.config.install_packages:
-            LOG.info("install_packages = false: not installing %s",
-                     ", ".join(packages) if packages else "anything")
-            self._record_provisioning("skipped: install_packages = false", now, quiet=True)
-            return float("inf")
-        if not packages:
-            self._record_provisioning(None, now)
-            return float("inf")
-        LOG.info("Installing packages: %s", ", ".join(packages))
-        self._provision_thread = threading.Thread(
-            target=lambda: self._provision_result.append(self.installer(packages)),
-            name="provision", daemon=True)
-        self._provision_thread.start()
-        return now + 1.0
-
-    def _record_provisioning(self, error: str | None, now: float, quiet: bool = False) -> None:
-        if error is None:
-            if self.identity.get("packages"):
-                LOG.info("Packages installed: %s", ", ".join(self.identity["packages"]))
-        elif not quiet:
-            LOG.error("Installing packages failed: %s; retrying in %.0fs", error,
-                      timing.PROVISION_RETRY)
-            self.next_provision = now + timing.PROVISION_RETRY
-        self._update_identity(provisioned=error is None, provision_error=error,
-                              provisioned_at=format_ts_seconds(self.clock()))
+        deadline, fields = self.provisioner.tick(now)
+        if fields is not None and self.identity is not None:
+            self._update_identity(**fields)
+        return deadline
 
     # --- state files --------------------------------------------------------------------------
     def _update_identity(self, **fields) -> None:

@@ -39,6 +39,15 @@ REFERENCE_INTERVAL = 32.0
 APT_UPDATE_ATTEMPTS = 3
 APT_UPDATE_PAUSE = 5.0
 PROVISION_RETRY = 300.0
+# Each apt-get/dpkg command may run this long; the whole install unit (build-hive-provision)
+# this long (systemd's RuntimeMaxSec=).
+APT_COMMAND_TIMEOUT = 3600.0
+PROVISION_UNIT_MAX = 7200.0
+# While an install runs, the agent looks at its worker this often; a restarted agent looks this
+# often whether the install unit of its previous life still runs; a systemctl query may take this.
+PROVISION_POLL = 1.0
+PROVISION_UNIT_POLL = 2.0
+SYSTEMCTL_TIMEOUT = 30.0
 
 # Rejected datagrams are logged (debug) at most once per this period, with a count.
 REJECT_LOG_PERIOD = 60.0
