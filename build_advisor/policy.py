@@ -21,7 +21,7 @@ import sys
 import types
 from typing import Callable
 
-from build_agent import protocol
+from build_agent import plan as plans, protocol
 from build_agent.config import ConfigError
 from build_agent.protocol import ProtocolError
 
@@ -201,10 +201,11 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def fallback(view: dict, newcomer: dict, to_payload: PayloadBuilder, why: str) -> dict:
+def fallback(view: dict, newcomer: dict, to_payload: PayloadBuilder, why: str,
+             default: Policy = default_suggest_role) -> dict:
     """Log why the policy did not answer (one line) and answer with the default policy."""
     LOG.error("Policy failed for %s (%s); using the default policy", newcomer.get("hostname"), why)
-    return evaluate(default_suggest_role, view, newcomer, to_payload)
+    return evaluate(default, view, newcomer, to_payload)
 
 
 def advise(policy: Policy, view: dict, newcomer: dict, to_payload: PayloadBuilder) -> dict:
@@ -216,3 +217,33 @@ def advise(policy: Policy, view: dict, newcomer: dict, to_payload: PayloadBuilde
         if policy is default_suggest_role:
             raise
         return fallback(view, newcomer, to_payload, describe(exc))
+
+
+# --- what the hive wants (healing) --------------------------------------------------------------
+
+DesiredRoles = Callable[[dict], object]
+
+
+def desired_roles_of(policy: Policy) -> DesiredRoles:
+    """The policy's ``desired_roles(view)`` if its file defines one (returning role counts,
+    one of them may be "rest", or None to turn healing off for the hive); otherwise replay its
+    ``suggest_role`` for the view's members in join order (plan.replay): the default policy
+    gives the seed's table.  A suggest_role that fails for one replayed member counts as the
+    default's answer there, as it would for a newcomer."""
+    module = sys.modules.get(getattr(policy, "__module__", "") or "")
+    own = getattr(module, "desired_roles", None) if policy is not default_suggest_role else None
+    if callable(own):
+        return own
+
+    def suggest(view: dict, newcomer: dict) -> dict:
+        if policy is default_suggest_role:
+            return default_suggest_role(view, newcomer)
+        try:
+            answer = answer_fields(policy(view, newcomer))
+            if protocol.is_valid_role(answer["role"]):
+                return answer
+        except (Exception, SystemExit):
+            pass
+        return default_suggest_role(view, newcomer)
+
+    return lambda view: plans.replay(view["members"], suggest)

@@ -135,6 +135,8 @@ class Agent(Service):
     def handle(self, message: Message, source_ip: str, now: float) -> None:
         if self.membership.observe(message, source_ip, now):
             self.peers_dirty = self._plan_dirty = True
+        if message.kind == "IDENTIFY":
+            self.peers_dirty = True  # the advisor waits for peers.json to show it (requests)
         kind = message.kind
         if kind == "HELLO":
             members = len(self.membership.established()) + (1 if self.identity else 0)
@@ -534,6 +536,7 @@ class Agent(Service):
         data = {
             "self": me,
             "plan": self.plan.to_json() if self.plan is not None and self.identity else None,
+            "requests": self.membership.requests(),
             "peers": [m.to_json(wall - now)
                       for m in self.membership.established(exclude=[self.node_id])],
             "updated_at": format_ts_seconds(wall),

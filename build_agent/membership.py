@@ -38,6 +38,7 @@ class Member:
     rebalance: bool = True           # False: it never moves
     state: str = "active"            # "moving" while it asks the hive for a new role
     state_at: float = 0.0            # steady time the state was last said
+    request_id: str | None = None    # of its last re-ask (IDENTIFY)
 
     def deadline(self) -> float:
         return self.last_seen + timing.DEAD_AFTER_INTERVALS * self.interval
@@ -118,6 +119,7 @@ class Joiner:
     joining_since: float
     last_heard: float
     asking_until: float = 0.0  # it broadcast IDENTIFY: it is asking the hive until then
+    request_id: str | None = None  # of its last IDENTIFY
     backing_off: bool = False  # nobody could advise it: it pauses and holds nobody's turn
 
     @property
@@ -205,6 +207,8 @@ class Membership:
                 setattr(member, name, parse_ts(message.get(name)))
         if message.get("rebalance") is not None:
             member.rebalance = message.get("rebalance")
+        if message.kind == "IDENTIFY":
+            member.request_id = message.get("request_id")
         state = "moving" if message.kind == "IDENTIFY" else message.get("state")
         if state in ("active", "moving") and (state != member.state or state == "moving"):
             changed |= state != member.state
@@ -227,6 +231,8 @@ class Membership:
                 joiner.joining_since = since
         state = message.get("state")
         joiner.backing_off = state == "backoff"
+        if message.kind == "IDENTIFY":
+            joiner.request_id = message.get("request_id")
         if message.kind == "IDENTIFY" or state == "asking":
             joiner.asking_until = now + timing.ADVICE_TIMEOUT
         elif message.kind == "HELLO" or state in ("joining", "backoff"):
@@ -301,6 +307,14 @@ class Membership:
         off (the hive could not advise it; it must not hold up those that can be)."""
         return sorted((j for j in self.joiners.values() if j.key < key and not j.backing_off),
                       key=lambda j: j.key)
+
+    def requests(self) -> dict[str, str]:
+        """node id -> request id of the last IDENTIFY heard from each joiner or moving member
+        (in peers.json: the advisor answers an IDENTIFY once the agent has seen it)."""
+        out = {j.node_id: j.request_id for j in self.joiners.values() if j.request_id}
+        out.update((m.node_id, m.request_id) for m in self.members.values()
+                   if m.request_id and m.state == "moving")
+        return out
 
     def joiners_asking(self, now: float) -> list[Joiner]:
         """Joining nodes that are asking the hive right now (IDENTIFY seen, not settled)."""

@@ -54,6 +54,10 @@ REJECT_LOG_PERIOD = 60.0
 
 # Re-read peers.json written by the local agent at most this often (advisor).
 PEERS_FILE_POLL = 1.0
+# The advisor answers an IDENTIFY once the agent's peers.json shows it (so the view holds all
+# the agent heard before it), looking every VIEW_SYNC_POLL, at most VIEW_SYNC_TIMEOUT.
+VIEW_SYNC_POLL = 0.01
+VIEW_SYNC_TIMEOUT = 0.3
 
 # A user's policy has this long to answer a newcomer (advisor; it runs in a worker thread), then
 # the default policy answers: well under ADVICE_TIMEOUT, so the advice arrives in time even for

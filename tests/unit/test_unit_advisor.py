@@ -52,17 +52,34 @@ class HeldCalls:
         self.calls.pop(index)()
 
 
+def peer_entry(i: int, role: str = "builder", **extra) -> dict:
+    return {"node_id": f"member-{i}", "hostname": f"build{i}", "ip": f"10.9.0.{10 + i}",
+            "role": role, "last_seen": protocol.format_ts_seconds(T0), "interval": 10,
+            "joined_at": protocol.format_ts_seconds(T0 - 1000 + i),
+            "role_since": protocol.format_ts_seconds(T0 - 1000 + i), **extra}
+
+
+def write_peers(config, peers: list[dict], self_role: str | None = "founder",
+                requests: dict | None = None) -> None:
+    """The agent's peers.json: the advisor's one view of the hive."""
+    me = {"hostname": "build0", "primary_ip": "10.9.0.2", "node_id": SELF_ID, "role": self_role,
+          "status": "active" if self_role else "joining"}
+    if self_role:
+        me.update(joined_at=IDENTITY["assigned_at"], role_since=IDENTITY["assigned_at"])
+    state.write_json_atomic(config.peers_path, {"self": me, "peers": peers,
+                                                "requests": requests or {}})
+
+
 @pytest.fixture
 def make_advisor(config, iface, clock, fake_sock):
     def factory(policy=default_suggest_role, with_identity=True, with_node_id=True,
                 spawn=run_now) -> Advisor:
         if with_node_id:
-            config.node_id_path.write_text(SELF_ID + "\n")
-        if with_identity:
-            state.write_json_atomic(config.identity_path, IDENTITY)
+            write_peers(config, [], "founder" if with_identity else None)
         advisor = Advisor(config, [SECRET], iface, "build0", policy, clock=clock, steady=clock,
                           spawn=spawn)
         advisor.attach(fake_sock)
+        advisor.tick(T0)
         return advisor
     return factory
 
@@ -89,9 +106,8 @@ def advices(sock: FakeSocket):
 
 
 def add_members(advisor: Advisor, count: int, now: float = T0) -> None:
-    for i in range(1, count + 1):
-        feed(advisor, "STATUS", f"member-{i}", f"build{i}", f"10.9.0.{10 + i}", now,
-             role="builder", interval=10)
+    """Members as the agent knows them: in its peers.json."""
+    write_peers(advisor.config, [peer_entry(i) for i in range(1, count + 1)])
 
 
 # --- advising -------------------------------------------------------------------------------------
@@ -125,18 +141,19 @@ def test_default_policy_by_number_of_peers(make_advisor, fake_sock, others, role
 
 def test_no_advice_without_identity(make_advisor, config, fake_sock):
     advisor = make_advisor(with_identity=False)
-    add_members(advisor, 2)
+    write_peers(config, [peer_entry(1), peer_entry(2)], self_role=None)  # the agent is joining
     identify(advisor)
     assert advices(fake_sock) == [] and advisor.advised == 0
-    # Once the local agent has an identity, it advises.
-    state.write_json_atomic(config.identity_path, IDENTITY)
+    # Once the local agent has an identity (its peers.json says so), it advises.
+    write_peers(config, [peer_entry(1), peer_entry(2)])
     identify(advisor, now=T0 + 2)
     assert len(advices(fake_sock)) == 1
 
 
-def test_no_advice_with_a_broken_identity(make_advisor, config, fake_sock):
-    advisor = make_advisor(with_identity=False)
-    config.identity_path.write_text('{"role": "builder"}')  # lacks the required keys
+@pytest.mark.parametrize("text", ['{"self": {"role": "builder"}', "[]", '{"peers": []}'])
+def test_no_advice_with_a_broken_peers_file(make_advisor, config, fake_sock, text):
+    advisor = make_advisor(with_identity=False, with_node_id=False)
+    config.peers_path.write_text(text)
     identify(advisor)
     assert advices(fake_sock) == []
 
@@ -157,63 +174,56 @@ def test_picks_up_its_node_id_once_the_agent_wrote_it(make_advisor, config, fake
     advisor = make_advisor(with_node_id=False)
     assert advisor.node_id is None
     assert advisor.tick(T0) <= T0 + 1.0  # polls for the node id
-    config.node_id_path.write_text(SELF_ID + "\n")
+    write_peers(config, [])
     advisor.tick(T0 + 1)
     assert advisor.node_id == SELF_ID
     identify(advisor, node_id=SELF_ID, ip="10.9.0.2")
     assert advices(fake_sock) == []
 
 
-def test_view_counts_peers_without_itself_or_the_newcomer(make_advisor, config, fake_sock):
+def test_the_view_is_the_agents_peers_json_without_itself_or_the_newcomer(make_advisor, config,
+                                                                         fake_sock):
     policy = RecordingPolicy()
     advisor = make_advisor(policy=policy)
-    add_members(advisor, 2)
-    # Its own heartbeat, as if it had reached the membership anyway.
-    own = protocol.decode(protocol.encode(protocol.make_payload(
-        "STATUS", SELF_ID, "build0", "10.9.0.2", T0, role="founder"), SECRET), [SECRET], T0)
-    advisor.handle(own, "10.9.0.2", T0)
+    # A member only this advisor's socket heard counts for nothing: the agent's view is the view.
+    feed(advisor, "STATUS", "member-7", "build7", "10.9.0.17", T0, role="builder", interval=10)
     # The newcomer was a member before its identity was reset; the agent's peers.json still
-    # lists it (and, wrongly, this node itself) next to a member only the agent has heard.
-    state.write_json_atomic(config.peers_path, {
-        "self": {"hostname": "build0", "primary_ip": "10.9.0.2", "role": "founder"},
-        "peers": [
-            {"node_id": NEW_ID, "hostname": "build9", "ip": "10.9.0.99", "role": "runner",
-             "last_seen": protocol.format_ts_seconds(T0), "interval": 10},
-            {"node_id": SELF_ID, "hostname": "build0", "ip": "10.9.0.2", "role": "founder",
-             "last_seen": protocol.format_ts_seconds(T0), "interval": 10},
-            {"node_id": "member-3", "hostname": "build3", "ip": "10.9.0.13", "role": "builder",
-             "last_seen": protocol.format_ts_seconds(T0), "interval": 10},
-        ]})
-    feed(advisor, "STATUS", NEW_ID, "build9", "10.9.0.99", T0 + 0.5, role="runner")
+    # lists it next to three members.
+    write_peers(config, [peer_entry(1), peer_entry(2), peer_entry(3, capabilities={"has_gpu": True}),
+                         {**peer_entry(9, "runner"), "node_id": NEW_ID}])
     identify(advisor)
     [(view, newcomer)] = policy.calls
     assert sorted(p["hostname"] for p in view["peers"]) == ["build1", "build2", "build3"]
     assert view["self"]["node_id"] == SELF_ID and view["self"]["role"] == "founder"
     assert view["members"] == [view["self"]] + view["peers"]
+    assert view["peers"][2]["capabilities"] == {"has_gpu": True}
     assert newcomer == {"node_id": NEW_ID, "hostname": "build9", "ip": "10.9.0.99",
                         "capabilities": {"has_gpu": False}}
     [(advice, _)] = advices(fake_sock)
     assert advice.get("suggested_role") == "runner"  # 3 peers
-    assert len(json.loads(config.peers_path.read_text())["peers"]) == 3
 
 
-def test_dead_members_are_not_counted(make_advisor, fake_sock):
+def test_an_identify_is_answered_once_the_agent_has_heard_it(make_advisor, config, fake_sock,
+                                                            clock):
+    """A joiner that settled just ahead must be in the view: the advisor waits (bounded) until
+    peers.json shows the newcomer's request, i.e. the agent has heard all before it."""
     advisor = make_advisor()
-    feed(advisor, "STATUS", "member-1", "build1", "10.9.0.11", T0, role="builder", interval=1)
-    advisor.tick(T0 + 3)
-    identify(advisor, now=T0 + 3)
+    write_peers(config, [peer_entry(1)])
+    feed(advisor, "IDENTIFY", NEW_ID, "build9", "10.9.0.99", T0 + 1, request="who_am_i",
+         request_id="r1")
+    assert advices(fake_sock) == []
+    assert advisor.tick(T0 + 1.001) == pytest.approx(T0 + 1.001 + timing.VIEW_SYNC_POLL)
+    write_peers(config, [peer_entry(1), peer_entry(2)], requests={NEW_ID: "r1"})
+    advisor.tick(T0 + 1.02)
     [(advice, _)] = advices(fake_sock)
-    assert advice.get("suggested_role") == "controller"
-
-
-def test_a_member_that_left_is_not_counted(make_advisor, fake_sock):
-    advisor = make_advisor()
-    add_members(advisor, 1)
-    feed(advisor, "STATUS", "member-1", "build1", "10.9.0.11", T0 + 0.5, role="builder",
-         state="leaving")
-    identify(advisor)
-    [(advice, _)] = advices(fake_sock)
-    assert advice.get("suggested_role") == "controller"
+    assert advice.get("suggested_role") == "builder" and advice.get("request_id") == "r1"
+    # ... and if the agent never shows it, at most VIEW_SYNC_TIMEOUT later.
+    feed(advisor, "IDENTIFY", "other-9", "build8", "10.9.0.98", T0 + 2, request="who_am_i",
+         request_id="r2")
+    advisor.tick(T0 + 2 + timing.VIEW_SYNC_TIMEOUT - 0.01)
+    assert len(advices(fake_sock)) == 1
+    advisor.tick(T0 + 2 + timing.VIEW_SYNC_TIMEOUT)
+    assert len(advices(fake_sock)) == 2
 
 
 def test_failing_policy_falls_back_to_the_default(make_advisor, fake_sock, caplog):
@@ -547,3 +557,23 @@ def test_agent_and_advisor_reload_the_secret(make_advisor, config, iface, clock,
     for service in (agent, advisor):
         service.reload()
         assert service.secrets == [b"rotated-secret-0123456789"]
+
+
+# --- re-asks: a member the hive's plan moves --------------------------------------------------
+
+def test_a_reask_is_answered_with_the_role_the_plan_gives_the_mover(make_advisor, config,
+                                                                    fake_sock, caplog):
+    advisor = make_advisor()
+    # founder (this node), two builders and two runners: the controller died.
+    write_peers(config, [peer_entry(3), peer_entry(4), peer_entry(5, "runner"),
+                         peer_entry(6, "runner")])
+    caplog.set_level(logging.INFO)
+    for node, host in (("member-6", "build6"), ("member-5", "build5")):
+        feed(advisor, "IDENTIFY", node, host, "10.9.0.16", T0 + 1, request="who_am_i",
+             reask=True, role="runner", capabilities={})
+    (first, _), (second, _) = advices(fake_sock)
+    assert (first.get("to"), first.get("suggested_role"), first.get("packages")) == \
+        ("member-6", "controller", ["ansible", "git"])  # the youngest runner
+    assert first.get("reason") == "the hive needs a 'controller' (0 of 1)"
+    assert (second.get("to"), second.get("suggested_role")) == ("member-5", "runner")
+    assert second.get("reason") == "the hive has what it needs: stay 'runner'"
