@@ -22,7 +22,7 @@ import time
 from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
-from . import plan as plans, provision, state, timing
+from . import hooks, plan as plans, provision, state, timing
 from .config import Config
 from .daemon import Service
 from .healing import Healer
@@ -58,6 +58,8 @@ class Agent(Service):
         self.provisioner = provision.Provisioner(
             installer if installer is not None else provision.SystemInstaller(config.state_dir),
             enabled=config.install_packages, clock=clock)
+        self.role_hooks = hooks.RoleHooks(config.role_hooks_dir, str(config.identity_path),
+                                          clock=clock)
         self.membership = Membership(config.heartbeat_interval)
         self.identity: dict | None = None
         self.started_text = format_ts(clock())  # wall time this agent began using node_id
@@ -303,12 +305,20 @@ class Agent(Service):
             return now
         return min(step.wake, self._next_plan)
 
-    # --- provisioning (provision.Provisioner does the work; here: identity.json) ---------------
+    # --- provisioning and role hooks (provision.Provisioner and hooks.RoleHooks do the work;
+    # here: identity.json) ------------------------------------------------------------------------
     def _tick_provisioning(self, now: float) -> float:
         deadline, fields = self.provisioner.tick(now)
         if fields is not None and self.identity is not None:
             self._update_identity(**fields)
-        return deadline
+        # The role's hooks run once its packages are settled (installed, failed or not to be
+        # installed); at start, unless identity.json says they ran cleanly for this role.
+        if self.identity is not None and not self.provisioner.busy:
+            self.role_hooks.want(self.identity)
+        hooks_deadline, fields = self.role_hooks.tick(now)
+        if fields is not None and self.identity is not None:
+            self._update_identity(**fields)
+        return min(deadline, hooks_deadline)
 
     # --- state files --------------------------------------------------------------------------
     def _update_identity(self, **fields) -> None:

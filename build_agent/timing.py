@@ -49,6 +49,11 @@ PROVISION_POLL = 1.0
 PROVISION_UNIT_POLL = 2.0
 SYSTEMCTL_TIMEOUT = 30.0
 
+# Role hooks (/etc/build/role.d): each hook may run this long, then it and its process group are
+# killed (SIGKILL); while hooks run, the agent looks at their worker this often.
+ROLE_HOOK_TIMEOUT = 300.0
+ROLE_HOOK_POLL = 1.0
+
 # Rejected datagrams are logged (debug) at most once per this period, with a count.
 REJECT_LOG_PERIOD = 60.0
 
