@@ -24,9 +24,10 @@ build-agent runs the hooks, one after another, in a worker thread (the agent's l
   ended (an exit status, or a word: ``timeout``, ``killed by signal SIGTERM``,
   ``cannot run: ...``, ``refused: ...``).  At start the agent runs the hooks again unless that
   record says they already ran for this very role (same role, role_since and packages state)
-  and every one exited 0: a run cut short by a stop, a crash or a reboot is finished, and a
-  failed hook is retried by `systemctl restart build-agent`.  So hooks must be idempotent:
-  act on HIVE_ROLE (the state to reach), not on the transition.
+  and every hook now in the folder exited 0 then: a run cut short by a stop, a crash or a
+  reboot is finished, and a failed (or newly added) hook runs after `systemctl restart
+  build-agent`.  So hooks must be idempotent: act on HIVE_ROLE (the state to reach), not on the
+  transition.
 
 ``RoleHooks`` is the agent's state machine: ``want(identity)`` when the identity's packages are
 settled, ``tick(now)`` from the agent's tick, returning the next deadline and, when a run ended,
@@ -98,8 +99,9 @@ class Run:
         return {"role": self.role, "previous_role": self.previous_role,
                 "role_since": self.role_since, "packages": self.packages}
 
-    def done_in(self, record: object) -> bool:
-        """identity.json's role_hooks says this run happened and every hook exited 0."""
+    def done_in(self, record: object, hooks: list[str]) -> bool:
+        """identity.json's role_hooks says this run happened and each of these hooks (those in
+        the folder now) exited 0 in it."""
         if not isinstance(record, dict) or "error" in record:
             return False
         if any(record.get(key) != value for key, value in self.fields().items()
@@ -107,7 +109,7 @@ class Run:
             return False
         results = record.get("results")
         return isinstance(results, dict) and all(
-            type(value) is int and value == 0 for value in results.values())
+            type(results.get(name)) is int and results[name] == 0 for name in hooks)
 
     def env(self, identity_path: str) -> dict:
         return {"PATH": HOOK_PATH, "HIVE_ROLE": self.role,
@@ -322,7 +324,11 @@ class RoleHooks:
         if run is None or run == self._wanted:
             return
         self._wanted = run
-        if run.done_in(identity.get("role_hooks")):
+        try:
+            hooks, error = find_hooks(self.directory)
+        except Exception as exc:  # a bug: run them; the worker says what goes wrong
+            hooks, error = [], f"{type(exc).__name__}: {exc}"
+        if error is None and run.done_in(identity.get("role_hooks"), hooks):
             LOG.debug("Role hooks already ran for role '%s' (since %s)", run.role, run.role_since)
             self._pending = None
             return

@@ -1,6 +1,7 @@
 """Role hooks across real hosts (scripts/hive-lab): every host's role.d (hive.toml's
 role_hooks_dir) runs when the host takes its first identity, with its own role in the
-environment, and again after a restart only if the last run did not end cleanly."""
+environment, and again after a restart only if the last run did not end cleanly (or a hook was
+added since)."""
 
 from __future__ import annotations
 
@@ -106,3 +107,11 @@ def test_each_host_runs_its_role_hooks_on_its_first_identity(make_lab):
     assert (outs[hosts[1]] / "runs").read_text() == "controller\n"
     assert log_lines(lab.log(hosts[1])).count(
         "Role hook 10-record exited 0 (role 'controller', no previous role)") == 1
+    # A hook added since: the next restart runs the folder again, the new hook with it.
+    write(lab.host_dir(hosts[1]) / "role.d" / "20-added", MARKER_HOOK.format(out=outs[hosts[1]]),
+          0o755)
+    lab.restart(hosts[1])
+    lab.wait_for(lambda: (outs[hosts[1]] / "20-added.ran").exists(), 20, "the added hook to run")
+    lab.wait_for(lambda: recorded(hosts[1])["results"] == {"10-record": 0, "20-added": 0}, 10,
+                 "the controller's new run to be recorded")
+    assert (outs[hosts[1]] / "runs").read_text() == "controller\ncontroller\n"

@@ -95,6 +95,7 @@ def test_a_folder_others_may_write_runs_nothing(tmp_path, caplog, where):
     summary = run_all(BUILDER, str(d), "/x/identity.json", runner)
     assert runner.calls == []
     assert summary["results"] == {}
+    assert not BUILDER.done_in(summary, [])
     if where == "folder":
         assert summary["error"] == (f"role hooks folder {d} has mode 0777 (writable by group or "
                                     f"others): run 'chmod go-w {d}' (build-agent runs role hooks "
@@ -103,7 +104,6 @@ def test_a_folder_others_may_write_runs_nothing(tmp_path, caplog, where):
         assert summary["error"].startswith(f"role hooks folder {d}: directory {d.parent} has "
                                            f"mode 0777")
     assert f"Role hooks not run (role 'builder', was 'runner'): {summary['error']}" in caplog.text
-    assert not BUILDER.done_in(summary)
 
 
 def test_a_hook_not_roots_alone_is_refused_the_others_run(tmp_path, caplog):
@@ -341,11 +341,24 @@ def test_a_new_role_while_hooks_run_runs_after_them(tmp_path):
 
 def test_a_clean_record_for_this_role_means_no_run_at_start(tmp_path):
     record = {"role": "builder", "previous_role": "runner", "role_since": "2026-11-26T12:00:00Z",
-              "packages": "installed", "results": {"50-ci-agent": 0}, "ran_at": "x"}
+              "packages": "installed", "results": {"50-ci-agent": 0, "60-removed": 1},
+              "ran_at": "x"}
     runner = FakeRunner()
     m = machine(tmp_path, runner)
     m.want({**IDENTITY, "role_hooks": record})
     assert m.tick(T0) == (float("inf"), None) and runner.calls == []
+
+
+def test_a_hook_added_since_the_last_run_runs_them_all_at_start(tmp_path):
+    record = {"role": "builder", "previous_role": "runner", "role_since": "2026-11-26T12:00:00Z",
+              "packages": "installed", "results": {"50-ci-agent": 0}, "ran_at": "x"}
+    runner = FakeRunner()
+    m = machine(tmp_path, runner, names=("50-ci-agent", "60-new"))
+    m.want({**IDENTITY, "role_hooks": record})
+    m.tick(T0)
+    _, recorded = finish(m)
+    assert runner.names == ["50-ci-agent", "60-new"]
+    assert recorded["role_hooks"]["results"] == {"50-ci-agent": 0, "60-new": 0}
 
 
 @pytest.mark.parametrize("change", [
@@ -369,7 +382,7 @@ def test_a_run_that_did_not_end_cleanly_for_this_role_runs_again_at_start(tmp_pa
 def test_nothing_escapes_the_worker(tmp_path, monkeypatch, caplog):
     def broken(*args):
         raise KeyboardInterrupt("a BaseException from deep inside")
-    monkeypatch.setattr(hooks, "find_hooks", broken)
+    monkeypatch.setattr(hooks, "run_all", broken)
     m = machine(tmp_path, FakeRunner())
     m.want(IDENTITY)
     m.tick(T0)
@@ -377,6 +390,20 @@ def test_nothing_escapes_the_worker(tmp_path, monkeypatch, caplog):
     assert recorded["role_hooks"]["error"] == \
         "internal error: KeyboardInterrupt: a BaseException from deep inside"
     assert "Role hooks raised KeyboardInterrupt (a bug)" in caplog.text
+
+
+def test_a_bug_while_looking_at_the_folder_means_running_them(tmp_path, monkeypatch):
+    record = {"role": "builder", "previous_role": "runner", "role_since": "2026-11-26T12:00:00Z",
+              "packages": "installed", "results": {"50-ci-agent": 0}, "ran_at": "x"}
+    runner = FakeRunner()
+    m = machine(tmp_path, runner)
+    real = hooks.find_hooks
+    monkeypatch.setattr(hooks, "find_hooks", lambda d: (_ for _ in ()).throw(TypeError("bug")))
+    m.want({**IDENTITY, "role_hooks": record})  # does not raise
+    monkeypatch.setattr(hooks, "find_hooks", real)
+    m.tick(T0)
+    finish(m)
+    assert runner.names == ["50-ci-agent"]
 
 
 # --- in the agent ---------------------------------------------------------------------------------
