@@ -115,3 +115,31 @@ def test_each_host_runs_its_role_hooks_on_its_first_identity(make_lab):
     lab.wait_for(lambda: recorded(hosts[1])["results"] == {"10-record": 0, "20-added": 0}, 10,
                  "the controller's new run to be recorded")
     assert (outs[hosts[1]] / "runs").read_text() == "controller\ncontroller\n"
+
+
+def test_a_move_runs_the_movers_hooks_with_its_previous_role(make_lab):
+    """founder, controller, builder; the controller is killed: the builder moves to controller
+    (healing) and its hooks, added after it joined, run once with HIVE_PREVIOUS_ROLE=builder."""
+    lab = make_lab(heartbeat=1)
+    lab.up(3)
+    assert lab.roles() == {1: "founder", 2: "controller", 3: "builder"}
+    out = lab.host_dir(3) / "hook-out"
+    out.mkdir()
+    write(lab.host_dir(3) / "role.d" / "10-record", RECORD_HOOK.format(out=out), 0o755)
+    lab.kill(2)
+    killed = time.monotonic()
+    lab.wait_for(lambda: lab.role(3) == "controller", 30, "build3 to move to controller")
+    lab.wait_for(lambda: (lab.identity(3) or {}).get("role_hooks", {}).get("role")
+                 == "controller", 10, "build3's hooks for its new role")
+    print(f"\nkill -9 of the controller -> the mover's hooks ran in "
+          f"{time.monotonic() - killed:.2f}s (heartbeat 1 s)")
+    identity = lab.identity(3)
+    env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
+    assert (env["HIVE_ROLE"], env["HIVE_PREVIOUS_ROLE"]) == ("controller", "builder")
+    assert identity["role_hooks"]["previous_role"] == "builder"
+    assert identity["role_hooks"]["role_since"] == identity["changed_at"]
+    assert identity["role_hooks"]["results"] == {"10-record": 0}
+    assert "Role hook 10-record exited 0 (role 'controller', was 'builder')" in log_lines(
+        lab.log(3))
+    time.sleep(3)
+    assert (out / "runs").read_text() == "controller\n"  # once
