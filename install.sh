@@ -380,26 +380,24 @@ is_join_line() {
     return 1
 }
 
-is_settled_line() {
-    case $1 in
-        "Consensus: "*|"Identity: "*|"Already identified as: "*) return 0 ;;
-    esac
-    return 1
+# Has the agent settled this node's identity?  Its state for machines (`hive status --json`,
+# build_agent/readiness.py) says so, whatever its log lines say.
+agent_identified() {
+    "$CLI" status --json 2>/dev/null | jq -e '.agent.identified == true' >/dev/null 2>&1
 }
 
-# Print the new lines of this invocation of build-agent; set SETTLED once the identity is.
+# Print the new lines of this invocation of build-agent; LINES_READ: how many there were.
 show_agent_log() {
     local invocation=$1 cursor_file=$2 line priority message
+    LINES_READ=0
     while IFS= read -r line; do
+        LINES_READ=$((LINES_READ + 1))
         priority=${line%% *}
         message=${line#* }
         if [[ $priority =~ ^[0-3]$ ]]; then
             say "error: $message"
         elif is_join_line "$message"; then
             say "$message"
-        fi
-        if is_settled_line "$message"; then
-            SETTLED=1
         fi
     done < <(journalctl --no-pager -q -o json --cursor-file="$cursor_file" \
                  "_SYSTEMD_INVOCATION_ID=$invocation" 2>/dev/null \
@@ -410,7 +408,6 @@ follow_agent() {
     local invocation current cursor_file deadline state
     invocation=$(systemctl show -p InvocationID --value build-agent.service)
     cursor_file=$(mktemp)
-    SETTLED=0
     deadline=$((SECONDS + TIMEOUT))
     while :; do
         current=$(systemctl show -p InvocationID --value build-agent.service)
@@ -419,9 +416,13 @@ follow_agent() {
             : > "$cursor_file"
         fi
         show_agent_log "$invocation" "$cursor_file"
-        if [ "$SETTLED" -eq 1 ] && [ -s "$STATE_DIR/identity.json" ]; then
-            sleep 0.2  # the line after "Consensus" ("Packages: ...") is written with it
-            show_agent_log "$invocation" "$cursor_file"
+        if agent_identified; then
+            # The journal may lag the state: read on until it has been quiet for 0.2 s (at most 2 s).
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                sleep 0.2
+                show_agent_log "$invocation" "$cursor_file"
+                [ "$LINES_READ" -gt 0 ] || break
+            done
             break
         fi
         state=$(systemctl is-active build-agent.service || true)

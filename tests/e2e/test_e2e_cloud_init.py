@@ -20,7 +20,7 @@ import pytest
 
 import e2e_harness as hx
 from conftest import measure
-from test_e2e_hive import SECRET_RE, identity, lines_in_order
+from test_e2e_hive import SECRET_RE, SEED_WAY, identity, lines_in_order
 
 # The seed's cloud-config (Option A), copied verbatim.
 SEED_CLOUD_CONFIG = """\
@@ -169,3 +169,52 @@ def test_the_one_file_upgrades_uninstalls_and_purges(cloud_node, lab, next_relea
     assert "Purged /var/lib/build (identity) and /etc/build (config and shared secret)." in out
     for path in ("/var/lib/build", "/etc/build"):
         assert not node.path(path).exists(), path
+
+
+REWORD = """\
+mkdir -p /root/reworded
+cp -r /src/install.sh /src/pyproject.toml /src/build_agent /src/build_advisor /src/systemd \
+      /src/scripts /src/packaging /root/reworded/
+grep -q "Consensus: I am a" /root/reworded/build_agent/*.py
+sed -i -e 's/Consensus: I am a/The hive agreed: I am a/' -e 's/Already identified as: /Known as: /' \
+    -e 's/"Identity: founder"/"Founded a hive"/' /root/reworded/build_agent/*.py
+! grep -q -e "Consensus: I am a" -e "Already identified as: " /root/reworded/build_agent/*.py
+"""
+
+
+def test_the_installer_decides_on_the_agents_state_not_its_words(founder, cloud_node, lab,
+                                                                  diagnose):
+    """install.sh waits for the agent's state for machines (`hive status --json`), not for the
+    wording of its log lines: with the join lines reworded it still finishes as soon as the node
+    has its identity.  Then `hive status --wait` blocks until the role's packages are installed
+    (exit 0), and says why at once when the agent is not running (exit 1)."""
+    _, secret = founder
+    node = cloud_node  # purged by the test before: a clean node
+    node.bash(SEED_WAY.format(secret=secret))
+    node.bash(REWORD)
+    started = time.monotonic()
+    result = node.run("bash", "/root/reworded/install.sh", "--timeout", "20", timeout=120)
+    took = time.monotonic() - started
+    measure(lab.release, "install.sh with reworded join lines to 'Install complete.' (s)",
+            round(took, 2))
+    assert "no identity after" not in result.stderr, result.stderr
+    assert took < 15, f"install.sh waited {took:.1f} s: it looked for log lines"
+    lines_in_order(result.stdout, ["Discovered 1 peer(s)", "Asking peers for role assignment...",
+                                   "", "Install complete."])
+    assert "The hive agreed: I am a 'controller'" in node.journal("build-agent")
+    assert identity(node)["role"] == "controller"
+
+    waited = node.run("hive", "status", "--wait", "--timeout", "60", "--json", check=False)
+    assert waited.returncode == 0, waited.stderr
+    agent = json.loads(waited.stdout)["agent"]
+    assert (agent["state"], agent["identified"], agent["role"]) == ("settled", True, "controller")
+    assert identity(node)["provisioned"] is True, "settled: the role's packages are installed"
+
+    node.run("systemctl", "stop", "build-agent")
+    started = time.monotonic()
+    failed = node.run("hive", "status", "--wait", "--timeout", "30", check=False)
+    assert time.monotonic() - started < 10, "a stopped agent is reported at once"
+    assert failed.returncode == 1
+    assert failed.stderr == ("hive: failed: build-agent is inactive: see 'systemctl status "
+                             "build-agent' and 'journalctl -u build-agent -p warning'\n")
+    assert "State:       failed (build-agent is inactive" in failed.stdout
