@@ -268,6 +268,13 @@ write_default_config() {
     install_file 0644 "$CONFIG" < "$SRC/$HIVE_CONFIG_SOURCE"
 }
 
+# The default folder for role hooks, empty: hooks are the user's to add.
+ensure_hooks_dir() {
+    if [ ! -e "$CONF_DIR/role.d" ] && [ ! -L "$CONF_DIR/role.d" ]; then
+        install -d -m 0755 -o root -g root "$CONF_DIR/role.d"
+    fi
+}
+
 ensure_config() {
     if [ ! -e "$CONFIG" ]; then
         write_default_config
@@ -279,7 +286,8 @@ ensure_config() {
 }
 
 # With the code about to be installed: the errors the daemons would give.  The policy runs here
-# as root, so load_policy refuses it (before a line of it runs) unless it is root's alone.
+# as root, so load_policy refuses it (before a line of it runs) unless it is root's alone; a
+# role hooks folder that is not root's alone is refused too (the agent would run none of it).
 # -P: the current directory is not on sys.path (a build_agent/ there must not shadow ours).
 check_config() {
     local problem
@@ -287,6 +295,7 @@ check_config() {
 import os, stat, sys
 from build_agent.config import ConfigError, load_config
 from build_advisor.policy import PolicyError, load_policy
+from build_agent.hooks import find_hooks
 try:
     config = load_config(sys.argv[1])
     if config.policy and os.path.isfile(config.policy) \
@@ -294,6 +303,9 @@ try:
         sys.exit(f"policy {config.policy} must be readable by everyone (build-advisor is an "
                  f"unprivileged user): run 'chmod 0644 {config.policy}'")
     load_policy(config.policy)
+    _hooks, problem = find_hooks(config.role_hooks_dir)
+    if problem:
+        sys.exit(problem)
 except (ConfigError, PolicyError) as exc:
     sys.exit(str(exc))
 PY
@@ -480,6 +492,7 @@ do_install() {
     check_python
     ensure_secret
     ensure_config
+    ensure_hooks_dir
     check_config
     render_completion
     install_code

@@ -71,7 +71,8 @@ class Send:
 
 @dataclass(frozen=True)
 class Settle:
-    """The hive decided this node's role (``move``: a change of role, not a join)."""
+    """The hive decided this node's role (``move``: a change of role, not a join).  The agent
+    writes it, then logs it (`Consensus: ...`): a user who sees that line finds the file."""
     identity: dict
     move: bool = False
 
@@ -284,15 +285,11 @@ class Lifecycle:
 
     def _found(self) -> None:
         LOG.info("No peers found; this may be the first node (founder role).")
-        LOG.info("Identity: founder")
         self._settle({"role": "founder", "packages": [], "config": {}, "assigned_by": ["self"],
                       "reason": "no peers found", "votes": {}})
 
     def _decide(self) -> None:
         decision = consensus.decide(self.advice)
-        LOG.info("Consensus: I am a '%s'", decision.role)
-        if decision.packages:
-            LOG.info("Packages: %s", ", ".join(decision.packages))
         self._settle({"role": decision.role, "packages": decision.packages,
                       "config": decision.config, "assigned_by": decision.assigned_by,
                       "reason": decision.reason, "votes": decision.votes})
@@ -349,9 +346,6 @@ class Lifecycle:
         if decision.role == self.role:
             LOG.info("The hive advised me to stay '%s'", self.role)
             return self._end_move()
-        LOG.info("Consensus: I am a '%s'", decision.role)
-        if decision.packages:
-            LOG.info("Packages: %s", ", ".join(decision.packages))
         self._settle({"role": decision.role, "packages": decision.packages,
                       "config": decision.config, "assigned_by": decision.assigned_by,
                       "reason": decision.reason, "votes": decision.votes,

@@ -25,6 +25,7 @@ HIVE_UNITS_CODE_DIR=/opt/build-agent
 HIVE_CONFIG_SOURCE=packaging/hive.toml        # the commented default /etc/build/hive.toml
 HIVE_MAN_SOURCE=packaging/hive.1              # man hive
 HIVE_COMPLETION_GENERATOR=packaging/completion.py
+HIVE_EXAMPLE_HOOK=examples/role.d/50-ci-agent  # installed beside the code, not active
 # What install.sh needs next to it (checked before it does anything).
 HIVE_SOURCE_FILES=(build_agent/__init__.py build_agent/__main__.py build_agent/cli.py
                    build_advisor/__init__.py build_advisor/__main__.py
@@ -33,8 +34,8 @@ HIVE_SOURCE_FILES=(build_agent/__init__.py build_agent/__main__.py build_agent/c
                    "$HIVE_MAN_SOURCE" "$HIVE_COMPLETION_GENERATOR")
 
 # hive_stage_code SRC DEST VERSION: DEST (new, empty or missing) gets the code: the Python
-# packages, bootstrap.sh, VERSION and README.md (the units' Documentation=), readable by
-# everyone, writable by root only.
+# packages, bootstrap.sh, VERSION, README.md (the units' Documentation=) and the example role
+# hook, readable by everyone, writable by root only.
 hive_stage_code() {
     local src=$1 dest=$2 version=$3
     install -d -m 0755 "$dest"
@@ -42,6 +43,10 @@ hive_stage_code() {
         "${HIVE_PACKAGES[@]}" | tar -C "$dest" --no-same-owner -xf -
     install -m 0755 "$src/scripts/bootstrap.sh" "$dest/bootstrap.sh"
     [ ! -f "$src/README.md" ] || install -m 0644 "$src/README.md" "$dest/README.md"
+    if [ -f "$src/$HIVE_EXAMPLE_HOOK" ]; then  # an example, not active (mode 0644): see README
+        install -d -m 0755 "$dest/$(dirname "$HIVE_EXAMPLE_HOOK")"
+        install -m 0644 "$src/$HIVE_EXAMPLE_HOOK" "$dest/$HIVE_EXAMPLE_HOOK"
+    fi
     printf '%s\n' "$version" > "$dest/VERSION"
     chmod -R u=rwX,go=rX "$dest"
     chmod 0755 "$dest/bootstrap.sh"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent.parent
-SCRIPTS = ["install.sh", "scripts/bootstrap.sh", "scripts/make-release"]
+SCRIPTS = ["install.sh", "scripts/bootstrap.sh", "scripts/make-release",
+           "examples/role.d/50-ci-agent"]
 DEB_CODE_DIR = "usr/lib/build-hive"
 
 
@@ -54,11 +55,12 @@ def test_tarball_holds_what_install_sh_needs_and_is_reproducible(tmp_path):
                    "build_advisor/__main__.py", "build_advisor/policies/role_balance.py",
                    "systemd/build-agent.service", "systemd/build-advisor.service",
                    "scripts/bootstrap.sh", "scripts/cloud-init.yaml", "packaging/layout.sh",
-                   "packaging/hive.toml", "packaging/hive.1", "packaging/completion.py"):
+                   "packaging/hive.toml", "packaging/hive.1", "packaging/completion.py",
+                   "examples/role.d/50-ci-agent"):
         assert f"{top}/{needed}" in members, needed
     assert all(name == top or name.startswith(top + "/") for name in members)
     assert not [n for n in members if "__pycache__" in n or n.endswith(".pyc")]
-    for script in ("install.sh", "scripts/bootstrap.sh"):
+    for script in ("install.sh", "scripts/bootstrap.sh", "examples/role.d/50-ci-agent"):
         assert members[f"{top}/{script}"].mode & 0o111 == 0o111
     assert {(m.uid, m.gid) for m in members.values()} == {(0, 0)}
     sha = (tarball.parent / f"{tarball.name}.sha256").read_text().split()
@@ -167,6 +169,8 @@ def test_the_package_holds_the_same_units_code_and_config_as_install_sh(built, t
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc")]
     assert files[f"{DEB_CODE_DIR}/bootstrap.sh"] == (REPO / "scripts/bootstrap.sh").read_bytes()
     assert files[f"{DEB_CODE_DIR}/VERSION"] == f"{version()}\n".encode()
+    hook = "examples/role.d/50-ci-agent"
+    assert files[f"{DEB_CODE_DIR}/{hook}"] == (REPO / hook).read_bytes()
     assert files["etc/build/hive.toml"] == (REPO / "packaging/hive.toml").read_bytes()
     assert b"/usr/lib/build-hive" in files["usr/bin/hive"]
     assert b"complete -F _hive hive" in files["usr/share/bash-completion/completions/hive"]

@@ -141,6 +141,9 @@ def test_pid_is_agent_knows_a_build_agent_process(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "build_agent", "--config", "x"],
                             cwd=tmp_path)
     try:
+        deadline = time.monotonic() + 10  # (its cmdline is empty until it has exec'd)
+        while not readiness.pid_is_agent(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert readiness.pid_is_agent(proc.pid)
         assert not readiness.pid_is_agent(os.getpid())  # pytest
         assert not readiness.pid_is_agent(None) and not readiness.pid_is_agent("12")
