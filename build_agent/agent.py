@@ -22,7 +22,7 @@ import time
 from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
-from . import hooks, plan as plans, provision, state, timing
+from . import hooks, plan as plans, provision, readiness, state, timing
 from .config import Config
 from .daemon import Service
 from .healing import Healer
@@ -72,6 +72,7 @@ class Agent(Service):
         self.life = Lifecycle(node_id, self.membership, clock, self.capabilities)
         self.next_heartbeat = 0.0
         self.peers_dirty = True
+        self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
 
     # --- wiring -----------------------------------------------------------------------------
     def attach(self, broadcast_sock, unicast_sock) -> None:
@@ -192,6 +193,8 @@ class Agent(Service):
             deadlines.append(self._tick_provisioning(now))
         if self.peers_dirty:
             self._write_peers(now)
+        self.state_file.update(self.life.phase, self.identity, self.life.expected_advisors,
+                               len(self.life.advice))
         return min(deadlines)
 
     def _tick_life(self, now: float) -> float:

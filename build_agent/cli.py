@@ -1,6 +1,8 @@
 """hive: look at this node's place in the hive.
 
-  hive status      role, who assigned it and when, peers count, hostname, IP
+  hive status      role, who assigned it and when, peers count, hostname, IP, the agent's state
+                   (--wait [--timeout S]: block until the node has settled, like
+                   `cloud-init status --wait`)
   hive peers       the live members: hostname, IP, role, status, last seen
   hive identity    identity.json
   hive plan        what the hive would change now (healing) and why, without changing anything
@@ -22,7 +24,7 @@ import sys
 import time
 from typing import Callable
 
-from . import protocol, state
+from . import protocol, readiness, state, timing
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
 from .netif import NetworkError, find_interface, open_broadcast_sockets
 
@@ -44,7 +46,27 @@ def _read(path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def cmd_status(config: Config, args) -> int:
+def cmd_status(config: Config, args, sleep: Callable[[float], None] = time.sleep,
+               monotonic: Callable[[], float] = time.monotonic,
+               agent_state: Callable[[str], dict] = readiness.current) -> int:
+    """With --wait: poll the agent's state until it is settled (exit 0) or failed (exit 1, the
+    reason on stderr), or --timeout S seconds passed (exit 1); then print the status."""
+    agent = agent_state(str(config.agent_state_path))
+    if args.wait:
+        deadline = None if args.timeout is None else monotonic() + args.timeout
+        while agent["state"] not in readiness.FINAL and (deadline is None
+                                                         or monotonic() < deadline):
+            sleep(timing.STATUS_WAIT_POLL)
+            agent = agent_state(str(config.agent_state_path))
+    shown = _show_status(config, args, agent)
+    if not args.wait or agent["state"] == "settled":
+        return shown
+    if agent["state"] == "failed":
+        return _err(f"failed: {agent['reason']}")
+    return _err(f"still {agent['state']} after {args.timeout:g} s: {agent['reason']}")
+
+
+def _show_status(config: Config, args, agent: dict) -> int:
     identity = _read(config.identity_path) or {}
     peers = _read(config.peers_path) or {}
     me = peers.get("self") or {}
@@ -65,6 +87,7 @@ def cmd_status(config: Config, args) -> int:
         "moving": sorted(p.get("hostname") for p in peers.get("peers") or []
                          if isinstance(p, dict) and p.get("state") == "moving")
         + (["(this node)"] if me.get("status") == "moving" else []),
+        "agent": agent,
     }
     if args.json:
         _print_json(summary)
@@ -82,6 +105,7 @@ def cmd_status(config: Config, args) -> int:
     print(f"Hostname:    {summary['hostname'] or '?'}")
     print(f"IP:          {summary['ip'] or '?'}")
     print(f"Peers:       {summary['peers']}")
+    print(f"State:       {agent['state']} ({agent['reason']})")
     if summary["role"] is not None:
         print(f"Hive needs:  {summary['needs'] or 'nothing (every role the policy wants is held)'}")
         if summary["moving"]:
@@ -237,6 +261,16 @@ COMMANDS = {"status": cmd_status, "peers": cmd_peers, "identity": cmd_identity,
             "plan": cmd_plan, "reset": cmd_reset, "watch": cmd_watch}
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --config/--json work before or after the command (SUPPRESS keeps the subcommand's
     # absent option from overwriting one given before it).
@@ -249,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("status", parents=[common], help="this node's role and hive")
+    status = sub.add_parser("status", parents=[common], help="this node's role and hive")
+    status.add_argument("--wait", action="store_true",
+                        help="wait until the node has settled (exit 0) or failed (exit 1)")
+    status.add_argument("--timeout", type=_seconds, default=None, metavar="S",
+                        help="with --wait: give up after S seconds (exit 1)")
     sub.add_parser("peers", parents=[common], help="the live members")
     sub.add_parser("identity", parents=[common], help="print identity.json")
     sub.add_parser("plan", parents=[common], help="what healing would change now, and why")

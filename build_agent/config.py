@@ -68,6 +68,10 @@ class Config:
     def node_id_path(self) -> Path:
         return Path(self.state_dir) / "node_id"
 
+    @property
+    def agent_state_path(self) -> Path:  # the agent's state for machines (build_agent.readiness)
+        return Path(self.state_dir) / "agent-state.json"
+
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

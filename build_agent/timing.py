@@ -61,6 +61,8 @@ REJECT_LOG_PERIOD = 60.0
 
 # Re-read peers.json written by the local agent at most this often (advisor).
 PEERS_FILE_POLL = 1.0
+# `hive status --wait` (and install.sh through it) looks at the agent's state this often (s).
+STATUS_WAIT_POLL = 0.2
 # The advisor answers an IDENTIFY once the agent's peers.json shows it (so the view holds all
 # the agent heard before it), looking every VIEW_SYNC_POLL, at most VIEW_SYNC_TIMEOUT.
 VIEW_SYNC_POLL = 0.01
