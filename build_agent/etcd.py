@@ -386,3 +386,65 @@ class Registry:
             self.reachable, self.changed_at = False, self.wall()
         self.error = str(exc)
         self.lease = None if "lease not found" in str(exc) else self.lease
+
+
+class RoleGuard:
+    """etcd's role guard for the join/move state machine (lifecycle.Guard).
+
+    ``begin`` reads the revision the claim will compare (once per round; kept while it holds).
+    A joiner holds (at most GUARD_VIEW_WAIT) until the node etcd says took a role last is in its
+    view with that role, so the hive's advice counts it; a would-be founder that etcd shows
+    members it has not heard says HELLO to them and holds instead of founding.  ``claim`` is the
+    transaction.  While etcd does not answer there is no guard: the hive decides as on one
+    subnet (said by the agent)."""
+
+    def __init__(self, registry: Registry, record: Callable[[str | None], dict],
+                 in_view: Callable[[str, str | None], bool],
+                 hello: Callable[[list[tuple[str, int]]], None]) -> None:
+        self.registry = registry
+        self.record = record      # role -> this node's record with that role
+        self.in_view = in_view    # (node id, role or None: any) -> a member in our view?
+        self.hello = hello        # say HELLO to these addresses
+        self._pending: Guard | bool | None = None  # read for the next round (False: no answer)
+        self._active: Guard | None = None
+        self._until = 0.0
+
+    def begin(self, now: float, founding: bool = False, move: bool = False) -> float | None:
+        if self._pending is None or move:
+            self._pending = self.registry.guard_begin() or False
+            self._until = now + timing.GUARD_VIEW_WAIT
+            if founding and self._pending:
+                others = self._unheard_members(self._pending)
+                if others:
+                    LOG.info("etcd lists %d member(s) this node has not heard from: saying "
+                             "HELLO to them rather than founding a hive", len(others))
+                    self.hello(others)
+        guard = self._pending or None
+        if guard is not None and not move:
+            if founding and self._unheard_members(guard):
+                if now < self._until:
+                    return self._until
+                self._pending = None  # read again: a dead member's key expires with its lease
+                return now
+            last = guard.last or {}
+            if last.get("node_id") not in (None, self.record(None)["node_id"]) \
+                    and not self.in_view(last["node_id"], last.get("role")) and now < self._until:
+                return self._until
+        self._active, self._pending = guard, None
+        return None
+
+    def _unheard_members(self, guard: Guard) -> list[tuple[str, int]]:
+        me = self.record(None)["node_id"]
+        return [(r["ip"], r["port"]) for r in guard.records
+                if r.get("role") and r["node_id"] != me and not self.in_view(r["node_id"], None)]
+
+    def claim(self, role: str) -> bool:
+        guard, self._active = self._active, None
+        result = self.registry.guard_claim(guard, self.record(role))
+        if result == "conflict":
+            LOG.info("Another node took a role while the hive answered this one (etcd's "
+                     "guard): asking again")
+            return False
+        if result == "unguarded":
+            LOG.warning("Taking the role '%s' without etcd's guard: etcd does not answer", role)
+        return True
