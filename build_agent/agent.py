@@ -212,7 +212,7 @@ class Agent(Service):
             self.peers_dirty = True  # the advisor waits for peers.json to show it (requests)
         if message.kind == "HELLO":
             members = len(self.membership.established()) + (1 if self.identity else 0)
-            addresses = self.discovery.welcome_list(self._known_ips(), source_ip)
+            addresses = self.discovery.welcome_list(self._known_ips(), source_ip, now)
             self._reply("WELCOME", source_ip, to=message.node_id, role=self.role, members=members,
                         joining_since=None if self.identity else self.life.joining_since_text(),
                         capabilities=self.capabilities, interval=self.config.heartbeat_interval,

@@ -229,13 +229,20 @@ class Discovery:
         return [(ip, port) for ip, port in self.seeds.addresses()
                 if ip not in known and ip != self.iface.address and not ip.startswith("127.")]
 
-    def welcome_list(self, known: Iterable[str], newcomer_ip: str) -> list[str] | None:
-        """The addresses a WELCOME carries to a newcomer that reached us by unicast (it may not
-        hear the others): every node we know, at most WELCOME_MAX_ADDRESSES (a random
-        choice beyond that: the newcomer asks the ones it reaches for theirs)."""
-        if self.channel != "unicast":
-            return None  # it reaches us, and so the others, by broadcast or multicast
-        addresses = sorted({ip for ip in known if ip != newcomer_ip} | {self.iface.address})
+    def welcome_list(self, known: Iterable[str], newcomer_ip: str, now: float
+                     ) -> list[str] | None:
+        """The addresses a WELCOME carries (None: no list).  To a newcomer that reached us by
+        unicast (it may hear nobody else): every node we know.  To one that reached us by
+        broadcast or multicast: the nodes we reach by unicast only (it would not hear of them
+        otherwise: a member on another subnet).  At most WELCOME_MAX_ADDRESSES (a random
+        choice beyond that: the newcomer asks those it reaches for theirs)."""
+        others = {ip for ip in known if ip != newcomer_ip}
+        if self.channel == "unicast":
+            addresses = sorted(others | {self.iface.address})
+        else:
+            addresses = sorted(ip for ip in others if self.reached(ip, now) == "unicast")
+            if not addresses:
+                return None  # it hears everyone we know the way it reached us
         if len(addresses) > timing.WELCOME_MAX_ADDRESSES:
             addresses = sorted(random.sample(addresses, timing.WELCOME_MAX_ADDRESSES))
         return addresses
