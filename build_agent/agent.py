@@ -30,12 +30,13 @@ import time
 from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
-from . import plan as plans, provision, state, timing
+from . import hooks, plan as plans, provision, state, timing
 from .config import Config
 from .daemon import Service
 from .discovery import Discovery, welcome_addresses
 from .healing import Healer
 from .lifecycle import Lifecycle, Phase, Send, Settle
+from .offloop import OffLoop
 from .membership import Membership, view_entry
 from .netif import Interface
 from .protocol import MAGIC, Message, format_ts, format_ts_seconds, make_payload, parse_ts
@@ -65,12 +66,15 @@ class Agent(Service):
         self._plan_dirty = True
         self._next_plan = 0.0
         self._plan_error = ""
+        self._plan_late = False
         self.iface = iface
         self.hostname = hostname
         self.capabilities = capabilities if capabilities is not None else caps_mod.detect()
         self.provisioner = provision.Provisioner(
             installer if installer is not None else provision.SystemInstaller(config.state_dir),
             enabled=config.install_packages, clock=clock)
+        self.role_hooks = hooks.RoleHooks(config.role_hooks_dir, str(config.identity_path),
+                                          clock=clock)
         self.membership = Membership(config.heartbeat_interval)
         self.identity: dict | None = None
         self.started_text = format_ts(clock())  # wall time this agent began using node_id
@@ -360,15 +364,19 @@ class Agent(Service):
         peers = [m.view(now) for m in self.membership.established(exclude=[self.node_id])]
         return {"self": me, "peers": peers, "members": [me] + peers}
 
-    def _compute_plan(self, now: float) -> plans.Plan | None:
-        view = self.policy_view(now)
+    def _plan_from(self, view: dict, answer: tuple[bool, object]) -> plans.Plan | None:
+        """The plan for a view, given what desired_roles answered for it (ok, value)."""
+        ok, desired = answer
         try:
-            desired = self.desired_roles(view)
-            plan = plans.compute(plans.members_from_view(view["members"]), desired, self.clock(),
-                                 self.config.cooldown)
-        except Exception as exc:  # a policy's bug: no healing until it is fixed, said once
-            error = f"{type(exc).__name__}: {exc}"
-            if error != self._plan_error:
+            if not ok:
+                error = f"{type(desired).__name__}: {desired}"  # what the policy raised
+            else:
+                plan = plans.compute(plans.members_from_view(view["members"]), desired,
+                                     self.clock(), self.config.cooldown)
+        except Exception as exc:  # a policy's bad answer: no healing until it is fixed
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        if not ok:
+            if error != self._plan_error:  # said once
                 LOG.error("Cannot plan the hive's roles (desired_roles: %s); not rebalancing",
                           error)
                 self._plan_error = error
@@ -376,13 +384,40 @@ class Agent(Service):
         self._plan_error = ""
         return plan
 
+    def _update_plan(self, now: float) -> float:
+        """Recompute the plan when the view changed (and once per heartbeat).  A user's policy
+        runs off the loop (OffLoop): the plan is updated when it answers; until then, and if it
+        is late, the last plan stands."""
+        if isinstance(self.desired_roles, OffLoop):
+            job = self.desired_roles
+            answer = job.result()
+            if answer is not None:
+                self.plan = self._plan_from(job.context, answer)
+            elif job.late(now) and not self._plan_late:
+                self._plan_late = True
+                LOG.warning("The policy's desired roles take more than %gs; keeping the last "
+                            "plan", job.timeout)
+            if (self._plan_dirty or now >= self._next_plan) and not job.busy:
+                view = self.policy_view(now)
+                job.start(now, view, context=view)
+                self._plan_dirty, self._plan_late = False, False
+                self._next_plan = now + self.config.heartbeat_interval
+            return now + timing.POLICY_POLL if job.busy else self._next_plan
+        if self._plan_dirty or now >= self._next_plan:
+            view = self.policy_view(now)
+            try:
+                answer = (True, self.desired_roles(view))
+            except Exception as exc:  # (the built-in policy's: a bug)
+                answer = (False, exc)
+            self.plan = self._plan_from(view, answer)
+            self._plan_dirty = False
+            self._next_plan = now + self.config.heartbeat_interval
+        return self._next_plan
+
     def _tick_heal(self, now: float) -> float:
         if self.desired_roles is None or self.identity is None:
             return float("inf")
-        if self._plan_dirty or now >= self._next_plan:
-            self.plan = self._compute_plan(now)
-            self._plan_dirty = False
-            self._next_plan = now + self.config.heartbeat_interval
+        wake = self._update_plan(now)
         moving = any(m.is_moving(now) for m in self.membership.members.values())
         step = self.healer.step(self.plan, now, moving)
         for line in step.lines:
@@ -393,14 +428,22 @@ class Agent(Service):
             self.next_heartbeat = now + self.config.heartbeat_interval
             self.peers_dirty = True
             return now
-        return min(step.wake, self._next_plan)
+        return min(step.wake, wake)
 
-    # --- provisioning (provision.Provisioner does the work; here: identity.json) ---------------
+    # --- provisioning and role hooks (provision.Provisioner and hooks.RoleHooks do the work;
+    # here: identity.json) ------------------------------------------------------------------------
     def _tick_provisioning(self, now: float) -> float:
         deadline, fields = self.provisioner.tick(now)
         if fields is not None and self.identity is not None:
             self._update_identity(**fields)
-        return deadline
+        # The role's hooks run once its packages are settled (installed, failed or not to be
+        # installed); at start, unless identity.json says they ran cleanly for this role.
+        if self.identity is not None and not self.provisioner.busy:
+            self.role_hooks.want(self.identity)
+        hooks_deadline, fields = self.role_hooks.tick(now)
+        if fields is not None and self.identity is not None:
+            self._update_identity(**fields)
+        return min(deadline, hooks_deadline)
 
     # --- state files --------------------------------------------------------------------------
     def _update_identity(self, **fields) -> None:

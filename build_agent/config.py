@@ -94,6 +94,8 @@ class Config:
     # move again; unset: REBALANCE_GRACE_INTERVALS / _COOLDOWN_INTERVALS heartbeat intervals.
     rebalance_grace: float | None = None
     rebalance_cooldown: float | None = None
+    # Executables run (run-parts order) when this node's role changes; a missing folder: none.
+    role_hooks_dir: str = "/etc/build/role.d"
     # Discovery beyond one broadcast domain (see README "Hives that span subnets").
     discovery: tuple[str, ...] = ("broadcast",)
     multicast_group: str = DEFAULT_MULTICAST_GROUP
@@ -188,7 +190,7 @@ def _check(name: str, value: object) -> object:
             raise bad("a network interface name (at most 15 characters)")
     elif not isinstance(value, str):
         raise bad("a string")
-    elif name in ("secret_file", "state_dir") and not value.startswith("/"):
+    elif name in ("secret_file", "state_dir", "role_hooks_dir") and not value.startswith("/"):
         raise bad("an absolute path")
     return value
 
