@@ -271,6 +271,18 @@ write_default_config() {
 # HIVE_PREVIOUS_ROLE and HIVE_IDENTITY set: see "Role hooks" in /opt/build-agent/README.md and
 # the example in /opt/build-agent/examples/role.d/.  Root's alone, like the policy.
 #role_hooks_dir = "/etc/build/role.d"
+
+# How this node finds the hive, any of "broadcast" (one subnet), "multicast" (a LAN that drops
+# broadcast), "seeds" (addresses of members: networks with neither) and "etcd" (a coordinator
+# for hives across subnets): see "Hives that span subnets" in /opt/build-agent/README.md.
+#discovery = ["broadcast"]
+#multicast_group = "239.255.0.1"
+#multicast_ttl = 1
+#seeds = ["10.20.1.11", "build1.example.net:50555"]
+# (keep [etcd] last: the keys after it belong to it)
+#[etcd]
+#endpoints = ["http://10.20.0.5:2379"]
+#prefix = "/build-hive/"
 TOML
     chmod 0644 "$tmp"
     mv -f "$tmp" "$CONFIG"
