@@ -295,3 +295,20 @@ def test_bad_discovery_configuration_is_refused_at_start(make_lab):
             lines = result.stderr.strip().splitlines()
             assert result.returncode == 1 and len(lines) == 1, result.stderr
             assert expected in lines[0], lines
+
+
+def test_etcds_transaction_lets_exactly_one_of_simultaneous_claims_through(make_lab):
+    """The role guard against a real etcd: eight nodes that read the same revision claim the
+    same role at the same moment; exactly one transaction succeeds, the others must ask
+    again, and etcd records the winner's role only."""
+    lab = make_lab(subnets=2)
+    url = lab.etcd("start", subnet=2)
+    host = lab.add(1, subnet=1)[0]  # the racers run here, across the router from etcd
+    out = json.loads(lab.exec(host, lab.env["HIVE_LAB_PYTHON"], str(DATA / "etcd_race.py"), url,
+                              "/race/", "8").stdout)
+    results = out["results"]
+    assert len(results) == 8 and len(out["revisions"]) == 1
+    assert sorted(results.values()) == ["conflict"] * 7 + ["ok"], results
+    winner = next(node for node, result in results.items() if result == "ok")
+    assert out["settled"]["node_id"] == winner and out["settled"]["role"] == "controller"
+    assert [node for node, role in out["roles"].items() if role == "controller"] == [winner]
