@@ -326,6 +326,12 @@ class Agent(Service):
                         "hostname": self.hostname}
         identity.update(provisioned=False, provision_error=None)
         state.write_json_atomic(self.config.identity_path, identity)
+        if identity["assigned_by"] == ["self"]:
+            LOG.info("Identity: %s", identity["role"])
+        else:
+            LOG.info("Consensus: I am a '%s'", identity["role"])
+            if identity["packages"]:
+                LOG.info("Packages: %s", ", ".join(identity["packages"]))
         self.identity = identity
         self._identity_removed = False
         self._plan_dirty = self.peers_dirty = True

@@ -76,7 +76,8 @@ class Send:
 
 @dataclass(frozen=True)
 class Settle:
-    """The hive decided this node's role (``move``: a change of role, not a join)."""
+    """The hive decided this node's role (``move``: a change of role, not a join).  The agent
+    writes it, then logs it (`Consensus: ...`): a user who sees that line finds the file."""
     identity: dict
     move: bool = False
 
@@ -305,7 +306,6 @@ class Lifecycle:
             self._begin_discovery(self._now)  # another node founded the hive just now: join it
             return
         LOG.info("No peers found; this may be the first node (founder role).")
-        LOG.info("Identity: founder")
         self._settle({"role": "founder", "packages": [], "config": {}, "assigned_by": ["self"],
                       "reason": "no peers found", "votes": {}})
 
@@ -315,9 +315,6 @@ class Lifecycle:
             self.phase, self.advice = Phase.WAIT, {}  # the advice did not count that node
             self._status("joining")
             return
-        LOG.info("Consensus: I am a '%s'", decision.role)
-        if decision.packages:
-            LOG.info("Packages: %s", ", ".join(decision.packages))
         self._settle({"role": decision.role, "packages": decision.packages,
                       "config": decision.config, "assigned_by": decision.assigned_by,
                       "reason": decision.reason, "votes": decision.votes})
@@ -378,9 +375,6 @@ class Lifecycle:
             return self._end_move()
         if self.guard is not None and not self.guard.claim(decision.role):
             return self._end_move()
-        LOG.info("Consensus: I am a '%s'", decision.role)
-        if decision.packages:
-            LOG.info("Packages: %s", ", ".join(decision.packages))
         self._settle({"role": decision.role, "packages": decision.packages,
                       "config": decision.config, "assigned_by": decision.assigned_by,
                       "reason": decision.reason, "votes": decision.votes,

@@ -47,6 +47,8 @@ PROVISION_UNIT_MAX = 7200.0
 # often whether the install unit of its previous life still runs; a systemctl query may take this.
 PROVISION_POLL = 1.0
 PROVISION_UNIT_POLL = 2.0
+# ... and tries this often to start its unit while the name is still held by an ended one.
+PROVISION_UNIT_NAME_TRIES = 10
 SYSTEMCTL_TIMEOUT = 30.0
 
 # Role hooks (/etc/build/role.d): each hook may run this long, then it and its process group are
