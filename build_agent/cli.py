@@ -26,7 +26,7 @@ from typing import Callable
 
 from . import protocol, readiness, state, timing
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
-from .netif import NetworkError, find_interface, open_broadcast_sockets
+from .netif import NetworkError, find_interface, open_broadcast_sockets, open_multicast_socket
 
 
 def _print_json(data) -> None:
@@ -88,6 +88,9 @@ def _show_status(config: Config, args, agent: dict) -> int:
                          if isinstance(p, dict) and p.get("state") == "moving")
         + (["(this node)"] if me.get("status") == "moving" else []),
         "agent": agent,
+        "discovery": _discovery(peers.get("discovery"), config),
+        "reached": {str(p.get("hostname")): {"ip": p.get("ip"), "via": p.get("reached")}
+                    for p in peers.get("peers") or [] if isinstance(p, dict)},
     }
     if args.json:
         _print_json(summary)
@@ -106,11 +109,42 @@ def _show_status(config: Config, args, agent: dict) -> int:
     print(f"IP:          {summary['ip'] or '?'}")
     print(f"Peers:       {summary['peers']}")
     print(f"State:       {agent['state']} ({agent['reason']})")
+    print(f"Discovery:   {_methods_line(summary['discovery'])}")
+    for name, where in sorted(summary["reached"].items()):
+        print(f"  {name:<16} {where['ip'] or '?':<15} {where['via'] or '?'}")
     if summary["role"] is not None:
         print(f"Hive needs:  {summary['needs'] or 'nothing (every role the policy wants is held)'}")
         if summary["moving"]:
             print(f"Moving now:  {', '.join(summary['moving'])}")
     return 0
+
+
+def _discovery(described: dict | None, config: Config) -> dict:
+    """The agent's discovery methods and their state (peers.json), or the configured ones."""
+    if isinstance(described, dict) and isinstance(described.get("methods"), list):
+        return described
+    return {"methods": list(config.discovery)}
+
+
+def _methods_line(discovery: dict) -> str:
+    """'broadcast, seeds (10.77.1.21), etcd (unreachable: ...)'"""
+    parts = []
+    for method in discovery.get("methods") or []:
+        if method == "multicast" and discovery.get("multicast_group"):
+            parts.append(f"multicast ({discovery['multicast_group']})")
+        elif method == "seeds" and discovery.get("seeds") is not None:
+            parts.append(f"seeds ({', '.join(discovery['seeds']) or 'none resolved'})")
+        elif method == "etcd" and isinstance(discovery.get("etcd"), dict):
+            etcd = discovery["etcd"]
+            where = ", ".join(etcd.get("endpoints") or [])
+            if etcd.get("reachable") is False:
+                parts.append(f"etcd ({where}: unreachable since {etcd.get('since')}: "
+                             f"{etcd.get('error')})")
+            else:
+                parts.append(f"etcd ({where})")
+        else:
+            parts.append(method)
+    return ", ".join(parts) or "?"
 
 
 def _needs(plan: dict | None) -> str:
@@ -216,8 +250,12 @@ def describe(message: protocol.Message) -> str:
 
 def cmd_watch(config: Config, args) -> int:
     secrets = load_secrets(secret_path(config))
-    # The broadcast addresses, shared with the daemons (the agent's own address is its alone).
-    socks = open_broadcast_sockets(find_interface(config.interface), config.port)
+    # The broadcast addresses (and the multicast group), shared with the daemons; the agent's
+    # own address is its alone, so unicast from other subnets is not seen here.
+    iface = find_interface(config.interface)
+    socks = open_broadcast_sockets(iface, config.port)
+    if "multicast" in config.discovery:
+        socks.append(open_multicast_socket(iface, config.multicast_group, config.port))
     guard = protocol.ReplayGuard()
     selector = selectors.DefaultSelector()
     for sock in socks:
@@ -225,7 +263,9 @@ def cmd_watch(config: Config, args) -> int:
     end = time.monotonic() + args.seconds if args.seconds else None
     shown = 0
     if not args.json:
-        print(f"Watching UDP {config.port} (broadcasts; Ctrl-C stops)", flush=True)
+        print(f"Watching UDP {config.port} (broadcasts"
+              f"{', multicast' if 'multicast' in config.discovery else ''}; Ctrl-C stops)",
+              flush=True)
     try:
         while args.count is None or shown < args.count:
             timeout = None if end is None else end - time.monotonic()

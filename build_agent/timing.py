@@ -81,3 +81,33 @@ MOVE_TIMEOUT = 10.0
 # the cool-down after a move (hive.toml: rebalance_grace, rebalance_cooldown, in seconds).
 REBALANCE_GRACE_INTERVALS = 2
 REBALANCE_COOLDOWN_INTERVALS = 10
+
+# Discovery beyond one broadcast domain (build_agent.discovery, build_agent.etcd).
+# A node heard on a broadcast or multicast socket (a method we send by too) within this many of
+# our heartbeat intervals is reached that way; every other node we know gets the messages meant
+# for everyone by unicast.
+GROUP_HEARD_INTERVALS = 3
+# An address learned from a WELCOME's list or from etcd is tried for this long without an answer.
+LEARNED_ADDRESS_TTL = 30.0
+# A seed that is not a member is sent HELLO again this often (it was down, or the hive split).
+SEED_RETRY = 30.0
+# Seed names are resolved again this often; a name that did not resolve is tried again after
+# SEED_RESOLVE_RETRY; at start the agent waits at most SEED_RESOLVE_WAIT for the first answers.
+SEED_RESOLVE_INTERVAL = 300.0
+SEED_RESOLVE_RETRY = 10.0
+SEED_RESOLVE_WAIT = 2.0
+# A WELCOME lists at most this many addresses of the hive (it must fit in one datagram).
+WELCOME_MAX_ADDRESSES = 256
+# etcd: one HTTP request may take this long.
+ETCD_REQUEST_TIMEOUT = 1.0
+# The member list is read from etcd this often while joining (else once per heartbeat).
+ETCD_JOINING_POLL = 0.5
+# While etcd does not answer, it is tried again this often.
+ETCD_RETRY = 2.0
+# A member's key lives this many of its heartbeat intervals after its last renewal (the lease
+# is renewed at every heartbeat), and at least ETCD_MIN_TTL (etcd's TTLs are whole seconds).
+ETCD_LEASE_INTERVALS = 3
+ETCD_MIN_TTL = 2
+# The role guard: before asking, a joiner waits at most this long for the node etcd says
+# settled last to be in its view (then asks anyway; the guard still refuses a stale decision).
+GUARD_VIEW_WAIT = 2.5
