@@ -1,0 +1,195 @@
+"""Watching a lab hive heal: is it settled at the table's counts, and how long does a heal take.
+
+Used by scripts/hive-chaos (both modes).  A hive is *settled* for a set of live hosts when every
+live agent runs and has an identity, every live host's peers.json lists exactly the other live
+hosts, each with the role in that host's own identity.json, and the live hosts' role counts are
+the table's (``chaos.table_counts``); it has *settled* once that held, with no role changing,
+for a quiet period.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import time
+
+from . import chaos
+from .lab import Host, Lab, read_json
+
+POLL = 0.01  # seconds between two looks in a timed measurement
+
+
+class FileViews:
+    """Roles and peers read straight from the state files at every call (for timings)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+
+    def role(self, host: int) -> str | None:
+        data = read_json(self.lab.hosts[host].state / "identity.json")
+        return data.get("role") if isinstance(data, dict) else None
+
+    def peers_roles(self, host: int) -> dict[str, str] | None:
+        data = read_json(self.lab.hosts[host].state / "peers.json")
+        peers = data.get("peers") if isinstance(data, dict) else None
+        if not isinstance(peers, list):
+            return None
+        return {p.get("hostname"): p.get("role") for p in peers
+                if isinstance(p, dict) and p.get("status", "alive") == "alive"}
+
+
+def member_views(lab: Lab, live: list[int], roles: dict[int, str | None]) -> list[dict]:
+    """Policy-view member dicts for the live hosts (join order: host number; hive-lab and the
+    chaos run join hosts one after another in that order)."""
+    return [{"node_id": f"h{h:04d}", "hostname": lab.hosts[h].name, "role": roles.get(h),
+             "joined_at": float(h), "ip": lab.hosts[h].ip, "capabilities": {}} for h in live]
+
+
+def check(lab: Lab, live: list[int], views, suggest) -> dict:
+    """Whether the live hosts are settled at the table's counts (see the module's doc)."""
+    roles = {h: views.role(h) for h in live}
+    counts = chaos.role_counts(roles.values())
+    wanted = chaos.table_counts(member_views(lab, live, roles), suggest) \
+        if all(roles.values()) else {}
+    why = ""
+    not_running = [lab.hosts[h].name for h in live if not lab.hosts[h].running("agent")]
+    if not_running:
+        why = "agent not running on " + ", ".join(not_running)
+    elif not all(roles.values()):
+        why = "no identity yet on " + ", ".join(lab.hosts[h].name for h in live if not roles[h])
+    else:
+        names = {lab.hosts[h].name: roles[h] for h in live}
+        for h in live:
+            seen = views.peers_roles(h)
+            expect = {n: r for n, r in names.items() if n != lab.hosts[h].name}
+            if seen != expect:
+                extra = sorted(set(seen or {}) - set(expect))
+                lacking = sorted(set(expect) - set(seen or {}))
+                wrong = sorted(n for n in set(expect) & set(seen or {}) if seen[n] != expect[n])
+                why = (f"{lab.hosts[h].name}'s peers.json: "
+                       + "; ".join(x for x in (
+                           f"still lists {', '.join(extra)}" if extra else "",
+                           f"lacks {', '.join(lacking)}" if lacking else "",
+                           f"old roles for {', '.join(wrong)}" if wrong else "",
+                           "not read yet" if seen is None else "") if x))
+                break
+        if not why and counts != wanted:
+            why = f"roles {fmt_counts(counts)}, the table wants {fmt_counts(wanted)}"
+    return {"ok": not why, "why": why, "roles": roles, "counts": counts, "wanted": wanted}
+
+
+def wait_settled(lab: Lab, live: list[int], views, suggest, quiet: float, timeout: float,
+                 poll: float = 0.1, tick=None) -> dict:
+    """Wait (at most ``timeout`` s) until the live hosts are settled and stay so, with no role
+    changing, for ``quiet`` s.  ``seconds``: from the call to the start of that quiet period."""
+    start = time.monotonic()
+    ok_since = None
+    last = None
+    while True:
+        now = time.monotonic()
+        state = check(lab, live, views, suggest)
+        if state["ok"]:
+            if ok_since is None or (last is not None and state["roles"] != last["roles"]):
+                ok_since = now
+            if now - ok_since >= quiet:
+                return {"settled": True, "seconds": round(ok_since - start, 2),
+                        "counts": state["counts"], "wanted": state["wanted"], "why": ""}
+        else:
+            ok_since = None
+        last = state
+        if now - start >= timeout:
+            return {"settled": False, "seconds": None, "counts": state["counts"],
+                    "wanted": state["wanted"],
+                    "why": state["why"] or f"not quiet for {quiet:g} s (roles kept changing)"}
+        if tick is not None:
+            tick()
+        time.sleep(poll)
+
+
+def fmt_counts(counts: dict) -> str:
+    return ", ".join(f"{n} {r}" for r, n in sorted(counts.items())) or "none"
+
+
+# --- heal time: kill -9 the controller, until a new one is everywhere ------------------------------
+def heal_round(lab: Lab, hosts: list[Host], suggest, timeout: float,
+               quiet: float) -> dict:
+    """Kill -9 the hive's controller; seconds until a new controller's identity.json is written
+    (the mover), until every live member's peers.json lists it as controller, and, after the
+    old controller is started again, until the hive has settled back at the table."""
+    views = FileViews(lab)
+    indices = [h.index for h in hosts]
+    before = {h: views.role(h) for h in indices}
+    controllers = [h for h in indices if before[h] == "controller" and lab.hosts[h].running("agent")]
+    out: dict = {"victim": None, "mover": None, "gone_s": None, "mover_identity_s": None,
+                 "everywhere_s": None, "return_settled_s": None, "moves": None,
+                 "stepped_down": None, "error": None}
+    if len(controllers) != 1:
+        out["error"] = f"{len(controllers)} controller(s) before the kill: {fmt_counts(chaos.role_counts(before.values()))}"
+        return out
+    victim = lab.hosts[controllers[0]]
+    out["victim"] = victim.name
+    live = [h for h in indices if h != victim.index]
+    t_kill = lab.signal_ours(victim, signal.SIGKILL, wait=0)
+    deadline = time.monotonic() + timeout
+    mover = None
+    while time.monotonic() < deadline:
+        now = time.time()
+        if out["gone_s"] is None and all(
+                victim.name not in (views.peers_roles(h) or {}) for h in live):
+            out["gone_s"] = round(now - t_kill, 3)
+        if mover is None:
+            for h in live:
+                if views.role(h) == "controller":
+                    mover = lab.hosts[h]
+                    mtime = mover.identity_mtime()
+                    took = (mtime - t_kill) if mtime is not None and mtime >= t_kill else now - t_kill
+                    out["mover"], out["mover_identity_s"] = mover.name, round(took, 3)
+                    break
+        if mover is not None and all(
+                (views.peers_roles(h) or {}).get(mover.name) == "controller"
+                for h in live if h != mover.index):
+            out["everywhere_s"] = round(now - t_kill, 3)
+            break
+        time.sleep(POLL)
+    lab.reap_ours(victim)
+    if out["everywhere_s"] is None:
+        out["error"] = (f"no new controller everywhere within {timeout:g} s"
+                        + (f" (mover {mover.name})" if mover else " (nobody moved)"))
+    # the moves of this heal: the live hosts whose role changed
+    after = {h: views.role(h) for h in live}
+    out["moves"] = sum(1 for h in live if after[h] != before[h])
+    # the old controller comes back with its old identity: one of the two controllers steps down
+    t_back = time.monotonic()
+    lab.start_ours(victim)
+    settled = wait_settled(lab, indices, views, suggest, quiet, timeout, poll=0.05)
+    if settled["settled"]:
+        out["return_settled_s"] = round(settled["seconds"], 3)
+        final = {h: views.role(h) for h in indices}
+        out["stepped_down"] = [lab.hosts[h].name for h in indices
+                               if final[h] != (after.get(h) or before[h])
+                               and (after.get(h) or before[h]) == "controller"]
+    elif out["error"] is None:
+        out["error"] = f"not settled {timeout:g} s after the old controller returned: {settled['why']}"
+    out["return_wait_s"] = round(time.monotonic() - t_back, 2)
+    return out
+
+
+def stats(samples: list) -> dict:
+    values = [v for v in samples if v is not None]
+    out = {"n": len(values), "timeouts": len(samples) - len(values)}
+    if values:
+        out.update(median=round(statistics.median(values), 3), min=min(values), max=max(values))
+    else:
+        out.update(median=None, min=None, max=None)
+    out["samples"] = values
+    return out
+
+
+def fmt_stats(s: dict) -> str:
+    if not s or s.get("median") is None:
+        return "n/a" + (f" ({s['timeouts']} timeout(s))" if s and s.get("timeouts") else "")
+    text = f"{s['median']:.3g} s (min {s['min']:.3g}, max {s['max']:.3g}, n={s['n']})"
+    if s.get("timeouts"):
+        text += f" +{s['timeouts']} timeout(s)"
+    return text
+
