@@ -147,14 +147,17 @@ class IdealHive:
     alive: set[int] = field(default_factory=set)
     moves: list[dict] = field(default_factory=list)
     max_rounds: int = 8  # plans per event until calm (one is enough for plan.compute's rules)
+    offset: float = 0.0  # event times are after every initial join (joined at 0, 1, 2, ...)
 
     @classmethod
     def from_joined(cls, joined: Sequence[tuple[int, str, str, str]], suggest: Suggest
                     ) -> "IdealHive":
         """``joined``: (host, node_id, hostname, role) in join order, as the real lab joined."""
-        hive = cls(suggest)
+        hive = cls(suggest, offset=float(len(joined)))
         for order, (host, node_id, hostname, role) in enumerate(joined):
-            hive.members[host] = IdealMember(host, node_id, hostname, role, float(order))
+            # joined one after another: the later, the younger (as the real hosts' start times)
+            hive.members[host] = IdealMember(host, node_id, hostname, role, float(order),
+                                             float(order), float(order))
             hive.alive.add(host)
         return hive
 
@@ -164,8 +167,10 @@ class IdealHive:
     def wanted(self) -> dict[str, int]:
         return table_counts([self.members[h].view() for h in self.alive], self.suggest)
 
-    def apply(self, event: Event, now: float) -> list[dict]:
-        """One event, then heal until the plan is calm; returns the moves it took."""
+    def apply(self, event: Event, when: float) -> list[dict]:
+        """One event ``when`` seconds after the chaos started, then heal until the plan is
+        calm; returns the moves it took."""
+        now = self.offset + when
         if event.kind == "kill":
             self.alive.discard(event.host)
         elif event.kind in ("start", "restart"):
@@ -188,7 +193,7 @@ class IdealHive:
                 member = by_id[move.node_id]
                 member.role = move.to_role
                 member.member_since = member.role_since = now
-                made.append({"at": round(now, 3), "host": member.host, "from": move.from_role,
+                made.append({"at": round(now - self.offset, 3), "host": member.host, "from": move.from_role,
                              "to": move.to_role})
         self.moves.extend(made)
         return made
@@ -207,6 +212,9 @@ def ideal_moves(joined: Sequence[tuple[int, str, str, str]], events: Sequence[tu
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) [A-Z]+ (.*)$")
 ASK = re.compile(r"Asking peers for a new role \(was '([^']*)'\)")
 CONSENSUS = re.compile(r"Consensus: I am a '([^']*)'")
+# A move that gave nothing: the agent stays in its role and the need waits another grace.
+GAVE_NOTHING = re.compile(r"The hive advised me to stay|No advice received for the move|"
+                          r"is moving too; giving way")
 AGENT_START = re.compile(r"^build-agent \S+ on ")
 ROLE_CHECK = re.compile(r"Role check: the hive needs a '([^']*)' \((\d+) of (\d+)\); (\S+) moves")
 
@@ -215,13 +223,16 @@ ROLE_CHECK = re.compile(r"Role check: the hive needs a '([^']*)' \((\d+) of (\d+
 class LogMoves:
     moves: list[dict] = field(default_factory=list)        # asked and decided: from, to, at
     unfinished: list[dict] = field(default_factory=list)   # asked, no consensus (yet)
+    gave_nothing: list[dict] = field(default_factory=list)  # asked, then stayed (no move)
     role_checks: int = 0                                   # "Role check:" lines (any node)
     tracebacks: list[str] = field(default_factory=list)    # first line after each "Traceback"
 
 
 def moves_from_log(text: str) -> LogMoves:
     """The moves one agent's log shows: 'Asking peers for a new role (was X)...' followed by
-    'Consensus: I am a Y'.  A join's consensus (no 'new role' ask before it) is not a move."""
+    'Consensus: I am a Y'.  A join's consensus (no 'new role' ask before it) is not a move, nor
+    is an ask that ended with the agent staying (advised to stay, no advice, giving way to a
+    rival mover), nor one cut short by the agent's restart."""
     out = LogMoves()
     pending: dict | None = None
     lines = text.splitlines()
@@ -243,6 +254,10 @@ def moves_from_log(text: str) -> LogMoves:
             continue
         if AGENT_START.match(message) and pending is not None:
             out.unfinished.append(pending)  # the agent started again in the middle of a move
+            pending = None
+            continue
+        if pending is not None and GAVE_NOTHING.search(message):
+            out.gave_nothing.append({**pending, "at": stamp, "why": message.strip()[:120]})
             pending = None
             continue
         decided = CONSENSUS.search(message)
