@@ -256,7 +256,8 @@ write_default_config() {
 #install_packages = true
 
 # A Python file defining suggest_role(view, newcomer) for the advisor; empty is the default
-# policy.  Keep it readable by everyone (e.g. /etc/build/policy.py, mode 0644).
+# policy.  It runs with the hive's secret: root must own it and its directories, and only root
+# may write them; everyone must read it (e.g. /etc/build/policy.py, root, mode 0644).
 #policy = ""
 
 # debug, info, warning or error.
@@ -276,20 +277,24 @@ ensure_config() {
     (( 8#$mode & 8#004 )) || err "$CONFIG has mode 0$mode, but build-advisor (an unprivileged user) must read it: run 'chmod 0644 $CONFIG'"
 }
 
-check_config() {  # with the code about to be installed: the errors the daemons would give
+# With the code about to be installed: the errors the daemons would give.  The policy runs here
+# as root, so load_policy refuses it (before a line of it runs) unless it is root's alone.
+# -P: the current directory is not on sys.path (a build_agent/ there must not shadow ours).
+check_config() {
     local problem
-    if ! problem=$(PYTHONPATH=$SRC PYTHONDONTWRITEBYTECODE=1 "$PYTHON" - "$CONFIG" 2>&1 <<'PY'
+    if ! problem=$(PYTHONPATH=$SRC PYTHONDONTWRITEBYTECODE=1 "$PYTHON" -P - "$CONFIG" 2>&1 <<'PY'
 import os, stat, sys
 from build_agent.config import ConfigError, load_config
 from build_advisor.policy import PolicyError, load_policy
 try:
     config = load_config(sys.argv[1])
+    if config.policy and os.path.isfile(config.policy) \
+            and not os.stat(config.policy).st_mode & stat.S_IROTH:
+        sys.exit(f"policy {config.policy} must be readable by everyone (build-advisor is an "
+                 f"unprivileged user): run 'chmod 0644 {config.policy}'")
     load_policy(config.policy)
 except (ConfigError, PolicyError) as exc:
     sys.exit(str(exc))
-if config.policy and not os.stat(config.policy).st_mode & stat.S_IROTH:
-    sys.exit(f"policy {config.policy} must be readable by everyone (build-advisor is an "
-             f"unprivileged user): run 'chmod 0644 {config.policy}'")
 PY
     ); then
         err "${problem:-invalid $CONFIG}"

@@ -1,33 +1,68 @@
-"""build-advisor: answers a newcomer's IDENTIFY with ADVICE from the policy.
+"""build-advisor: answers a newcomer's IDENTIFY with ADVICE from the policy, and a member's
+re-ask (healing) with the role the hive's plan gives it (see reask).
 
-Its view of the hive is the shared Membership code fed with the same broadcasts the agent hears
-(STATUS heartbeats, HELLO, goodbyes), topped up from the local agent's peers.json, which holds
-what the agent learned from WELCOMEs before this advisor started.  Only a node that has an
-identity advises, and never itself.
+Its view of the hive has one source: the local agent's peers.json (membership.view_from_peers),
+the same view the agent plans from; that includes this node itself (its node id and role).
+An IDENTIFY carrying a request id is answered once peers.json shows the agent has heard it
+(``requests``), so the view holds everything the agent heard before it (a joiner that settled
+just ahead, say); at most VIEW_SYNC_TIMEOUT later it is answered with the view there is.  Only a
+node that has an identity advises, and never itself.
+
+A user's policy runs in a worker thread, never in the event loop (it may query a slow service):
+the loop keeps hearing the hive and pinging the watchdog.  Each newcomer's advice has its own
+deadline (timing.POLICY_TIMEOUT), after which the default policy answers; at most
+MAX_POLICY_CALLS calls run at once (a call that never returns keeps its slot), beyond that the
+default answers at once.  Whichever comes first, the policy's answer or the deadline, answers;
+the other is dropped.  The built-in default policy runs in the loop: it is instant.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import os
+import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from build_agent import state, timing
 from build_agent.config import Config
 from build_agent.daemon import Service
-from build_agent.membership import Member, Membership
+from build_agent.membership import view_from_peers
 from build_agent.netif import Interface
 from build_agent.protocol import Message, make_payload
 
-from .policy import Policy, advise
+from .policy import (AnswerError, Policy, advise, default_suggest_role, describe,
+                     desired_roles_of, evaluate, fallback)
+from .reask import reask_policy
 
 LOG = logging.getLogger(__name__)
 
+MAX_POLICY_CALLS = 4  # policy calls running at once, per advisor
 
-def member_view(member: Member) -> dict:
-    return {"node_id": member.node_id, "hostname": member.hostname, "ip": member.ip,
-            "role": member.role, "capabilities": dict(member.capabilities)}
+Spawn = Callable[[Callable[[], None]], None]
+
+
+def start_thread(work: Callable[[], None]) -> None:
+    """Run work in a daemon thread: one that never returns cannot keep the advisor from exiting."""
+    threading.Thread(target=work, name="policy", daemon=True).start()
+
+
+@dataclass
+class Request:
+    """A newcomer waiting for our advice."""
+    message: Message      # its latest IDENTIFY: the ADVICE answers this one
+    source_ip: str
+    policy: Policy        # suggest_role for a newcomer, reask_policy(...) for a member moving
+    default: Policy       # what answers when it fails or is late
+    view: dict
+    newcomer: dict
+    peers: int            # peers in the view (for the log; the policy may change its copy)
+    started: float        # steady clock
+    deadline: float       # steady clock: then the default policy answers
+    answered: bool = False
 
 
 def _echo_request_id(identify: Message) -> dict:
@@ -38,77 +73,190 @@ def _echo_request_id(identify: Message) -> dict:
 
 class Advisor(Service):
     def __init__(self, config: Config, secrets: Sequence[bytes], iface: Interface, hostname: str,
-                 policy: Policy, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(config, secrets, state.read_node_id(config.node_id_path), clock)
+                 policy: Policy, clock: Callable[[], float] = time.time,
+                 steady: Callable[[], float] = time.monotonic,
+                 spawn: Spawn = start_thread) -> None:
+        super().__init__(config, secrets, None, clock, steady)
         self.iface = iface
         self.hostname = hostname
         self.policy = policy
-        self.membership = Membership(config.heartbeat_interval)
+        self.desired_roles = desired_roles_of(policy)
+        self.spawn = spawn
+        self._lock = threading.Lock()  # the fields below are shared with the policy threads
+        self._pending: dict[str, Request] = {}  # newcomer node id -> its unanswered request
+        self._calls = 0  # policy calls running (returned or not, answered or not)
         self.sock = None
-        self._peers_mtime = 0.0
-        self._next_id_read = 0.0
+        self._view_data: dict | None = None  # peers.json as last read
+        self._view_read = float("-inf")
+        self._syncing: dict[str, tuple[Message, str, float]] = {}  # waiting for peers.json
         self.advised = 0
 
     def attach(self, sock) -> None:
         self.sock = sock
 
-    def _refresh_from_agent(self, now: float) -> None:
-        """Merge members the local agent knows (peers.json) that we have not heard ourselves."""
-        if self.node_id is None:
-            self.node_id = state.read_node_id(self.config.node_id_path)
-        try:
-            mtime = os.stat(self.config.peers_path).st_mtime
-        except OSError:
-            return
-        if mtime == self._peers_mtime:
-            return
-        self._peers_mtime = mtime
-        try:
-            data = state.read_json(self.config.peers_path) or {}
-        except (ValueError, OSError) as exc:
-            LOG.warning("Cannot read %s: %s", self.config.peers_path, exc)
-            return
-        peers = data.get("peers") if isinstance(data, dict) else None
-        if isinstance(peers, list):
-            self.membership.merge((p for p in peers if isinstance(p, dict)), now, self.clock())
+    def _peers(self, now: float, fresh: bool = False) -> dict | None:
+        """peers.json, read at most once per PEERS_FILE_POLL unless ``fresh``."""
+        if fresh or now - self._view_read >= timing.PEERS_FILE_POLL:
+            self._view_read = now
+            try:
+                data = state.read_json(self.config.peers_path)
+            except (ValueError, OSError) as exc:
+                LOG.warning("Cannot read %s: %s", self.config.peers_path, exc)
+                data = None
+            if isinstance(data, dict):
+                self._view_data = data
+                me = data.get("self")
+                if isinstance(me, dict) and isinstance(me.get("node_id"), str):
+                    self.node_id = me["node_id"]  # the agent's, also after a clone's new id
+        return self._view_data
 
     def handle(self, message: Message, source_ip: str, now: float) -> None:
-        self.membership.observe(message, source_ip, now)
         if message.kind == "IDENTIFY":
+            self._syncing.pop(message.node_id, None)
             self._advise(message, source_ip, now)
 
-    def _advise(self, message: Message, source_ip: str, now: float) -> None:
-        self._refresh_from_agent(now)
+    def _advise(self, message: Message, source_ip: str, now: float,
+                deadline: float | None = None) -> None:
+        data = self._peers(now, fresh=True)
         if message.node_id == self.node_id:
             return  # a node never advises itself
-        identity = state.read_identity(self.config.identity_path)
-        if identity is None:
+        request_id = message.get("request_id")
+        heard = (data or {}).get("requests") or {}
+        if request_id and heard.get(message.node_id) != request_id:
+            if deadline is None or now < deadline:  # the agent has not shown it yet: wait
+                self._syncing[message.node_id] = (
+                    message, source_ip, deadline if deadline is not None
+                    else now + timing.VIEW_SYNC_TIMEOUT)
+                return
+            LOG.debug("Advising %s with peers.json as it is: the agent has not shown its request",
+                      message.hostname)
+        whole = view_from_peers(data) if data else None
+        if whole is None:
             LOG.debug("Not advising %s: this node has no identity yet", message.hostname)
             return
-        me = {"node_id": self.node_id, "hostname": self.hostname, "ip": self.iface.address,
-              "role": identity["role"], "capabilities": {}}
-        peers = [member_view(m) for m in
-                 self.membership.established(exclude=[self.node_id, message.node_id])]
-        view = {"self": me, "peers": peers, "members": [me] + peers}
+        with self._lock:
+            waiting = self._pending.get(message.node_id)
+            if waiting is not None:  # it asked again while its policy call runs: one answer
+                waiting.message, waiting.source_ip = message, source_ip
+                return
+        me = whole["self"]
         newcomer = {"node_id": message.node_id, "hostname": message.hostname, "ip": source_ip,
                     "capabilities": dict(message.get("capabilities") or {})}
-        advice = advise(self.policy, view, newcomer)
-        payload = make_payload("ADVICE", self.node_id, self.hostname, self.iface.address,
-                               self.stamp(),
-                               to=message.node_id, suggested_role=advice["role"],
-                               packages=advice["packages"], config=advice["config"],
-                               reason=advice["reason"], **_echo_request_id(message))
-        self.send(self.sock, payload, (source_ip, self.config.port))
-        self.advised += 1
-        LOG.info(" -> %s: become '%s' (%s) [%d peer(s) in view]", message.hostname,
-                 advice["role"], advice["reason"], len(peers))
+        if message.get("reask") and message.get("role"):
+            # A member moving: the plan is made from every member, the mover included.
+            mover = next((m for m in whole["members"] if m["node_id"] == message.node_id),
+                         None) or {**newcomer, "role": message.get("role"), "rebalance": True}
+            newcomer = {**mover, "capabilities": newcomer["capabilities"]}
+            members = [m for m in whole["members"] if m["node_id"] != message.node_id]
+            members.append({**newcomer, "state": "active"})  # judged as when it began
+            view = {"self": me, "peers": members[1:], "members": members}
+            policy = reask_policy(self.policy, self.desired_roles, self.clock(),
+                                  self.config.cooldown)
+            default = reask_policy(default_suggest_role, desired_roles_of(default_suggest_role),
+                                   self.clock(), self.config.cooldown)
+            peers = len(members) - 1
+        else:
+            others = [p for p in whole["peers"] if p["node_id"] != message.node_id]
+            view = {"self": me, "peers": others, "members": [me] + others}
+            policy, default, peers = self.policy, default_suggest_role, len(others)
+        request = Request(message, source_ip, policy, default, view, newcomer, peers, now,
+                          now + timing.POLICY_TIMEOUT)
+        if self.policy is default_suggest_role:
+            self._answer(request, lambda build: advise(policy, view, newcomer, build))
+            return
+        with self._lock:
+            busy = self._calls >= MAX_POLICY_CALLS
+            if not busy:
+                self._calls += 1
+                self._pending[message.node_id] = request
+        if busy:
+            self._answer_with_default(request, f"{MAX_POLICY_CALLS} earlier policy calls are "
+                                               f"still running")
+            return
+        try:
+            self.spawn(functools.partial(self._call_policy, request))
+        except RuntimeError as exc:  # no thread to be had
+            with self._lock:
+                self._calls -= 1
+            if self._claim(request):
+                self._answer_with_default(request, f"cannot start a thread: {exc}")
+
+    def _advice_payload(self, request: Request, answer: dict) -> dict:
+        """The one place an ADVICE payload is built."""
+        return make_payload("ADVICE", self.node_id, self.hostname, self.iface.address,
+                            self.stamp(),
+                            to=request.message.node_id, suggested_role=answer["role"],
+                            packages=answer["packages"], config=answer["config"],
+                            reason=answer["reason"], **_echo_request_id(request.message))
+
+    def _call_policy(self, request: Request) -> None:
+        """In a worker thread: run the policy on copies; answer unless the deadline passed."""
+        try:
+            payload, why = None, None
+            try:
+                view, newcomer = copy.deepcopy((request.view, request.newcomer))
+                payload = evaluate(request.policy, view, newcomer,
+                                   functools.partial(self._advice_payload, request))
+            except (Exception, SystemExit) as exc:
+                why = describe(exc)
+            finally:
+                with self._lock:
+                    self._calls -= 1
+            if not self._claim(request):
+                LOG.warning("Policy call for %s returned after %.1f s, too late: the default "
+                            "policy had answered", request.message.hostname,
+                            self.steady() - request.started)
+                return
+            if why is not None:
+                self._answer_with_default(request, why)
+            else:
+                self._send_advice(request, payload)
+        except Exception:  # a bug here must not go unseen, nor take anything down
+            LOG.exception("Error while advising %s", request.message.hostname)
+
+    def _claim(self, request: Request) -> bool:
+        """True for the first of (the policy's answer, the deadline) to reach this request."""
+        with self._lock:
+            if request.answered:
+                return False
+            request.answered = True
+            if self._pending.get(request.message.node_id) is request:
+                del self._pending[request.message.node_id]
+            return True
+
+    def _answer_with_default(self, request: Request, why: str) -> None:
+        self._answer(request, lambda build: fallback(request.view, request.newcomer, build, why,
+                                                     request.default))
+
+    def _answer(self, request: Request, advice: Callable[[Callable[[dict], dict]], dict]) -> None:
+        try:
+            payload = advice(functools.partial(self._advice_payload, request))
+        except AnswerError as exc:  # even the default's ADVICE would be dropped: say so once
+            LOG.error("Cannot advise %s: %s", request.message.hostname, exc)
+            return
+        self._send_advice(request, payload)
+
+    def _send_advice(self, request: Request, payload: dict) -> None:
+        self.send(self.sock, payload, (request.source_ip, self.config.port))
+        with self._lock:
+            self.advised += 1
+        LOG.info(" -> %s: become '%s' (%s) [%d peer(s) in view]", request.message.hostname,
+                 payload["suggested_role"], payload["reason"], request.peers)
 
     def tick(self, now: float) -> float:
-        self.membership.expire(now)
-        if self.node_id is None or now >= self._next_id_read:
-            # The agent creates the node id, and replaces it on a cloned machine: follow it
-            # (read at most once per PEERS_FILE_POLL, when awake anyway).
-            self.node_id = state.read_node_id(self.config.node_id_path) or self.node_id
-            self._next_id_read = now + timing.PEERS_FILE_POLL
-        return min(self.membership.next_deadline(),
+        if self.node_id is None:
+            self._peers(now)  # the agent writes our node id into peers.json as it starts
+        for node_id, (message, source_ip, deadline) in list(self._syncing.items()):
+            del self._syncing[node_id]
+            self._advise(message, source_ip, now, deadline)
+        with self._lock:
+            overdue = [r for r in self._pending.values() if r.deadline <= now]
+        for request in overdue:
+            if self._claim(request):
+                self._answer_with_default(request, f"no answer within "
+                                                   f"{timing.POLICY_TIMEOUT:g} s")
+        with self._lock:
+            next_answer = min((r.deadline for r in self._pending.values()), default=float("inf"))
+        syncing = now + timing.VIEW_SYNC_POLL if self._syncing else float("inf")
+        return min(next_answer, syncing,
                    now + timing.PEERS_FILE_POLL if self.node_id is None else float("inf"))

@@ -12,7 +12,12 @@ Phases of a node without an identity (each driven by ``tick`` and incoming messa
             every expected advisor answered, or at ADVICE_TIMEOUT; a node ahead of us asking at
             the same moment sends us back to wait (its advice did not count that node).
   backoff   nobody advised: discover again after an increasing pause.
-  operate   identity settled: heartbeats, WELCOMEs, membership, provisioning.
+  operate   identity settled: heartbeats, WELCOMEs, membership, provisioning, and healing:
+            the hive's plan (plan.compute) is recomputed as the view changes; when it has
+            needed the same move for a grace period (healing.Healer) and this node is the
+            mover, it moves.
+  move      re-ask: broadcast IDENTIFY (reask, current role); the advisors answer from the
+            hive's plan; consensus as for a join; identity.json keeps previous_role.
 A node that finds no established member and nobody joining ahead of it founds the hive.
 """
 
@@ -21,15 +26,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import threading
 import time
 from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
-from . import consensus, provision, state, timing
+from . import consensus, plan as plans, provision, state, timing
 from .config import Config
 from .daemon import Service
-from .membership import Membership, join_order_key
+from .healing import Healer
+from .membership import Membership, join_order_key, view_entry
 from .netif import Interface
 from .protocol import Message, format_ts, format_ts_seconds, make_payload, parse_ts
 
@@ -44,12 +49,22 @@ class Agent(Service):
     def __init__(self, config: Config, secrets: Sequence[bytes], iface: Interface, node_id: str,
                  hostname: str, capabilities: dict | None = None,
                  clock: Callable[[], float] = time.time,
-                 installer: Callable[[Sequence[str]], str | None] = provision.install) -> None:
+                 installer: Callable[[Sequence[str]], str | None] | None = None,
+                 desired_roles: Callable[[dict], object] | None = None) -> None:
         super().__init__(config, secrets, node_id, clock)
+        # The policy's desired roles for a view (None: this agent does not heal).
+        self.desired_roles = desired_roles
+        self.healer = Healer(node_id, config.grace)
+        self.plan: plans.Plan | None = None
+        self._plan_dirty = True
+        self._next_plan = 0.0
+        self._plan_error = ""
         self.iface = iface
         self.hostname = hostname
         self.capabilities = capabilities if capabilities is not None else caps_mod.detect()
-        self.installer = installer
+        self.provisioner = provision.Provisioner(
+            installer if installer is not None else provision.SystemInstaller(config.state_dir),
+            enabled=config.install_packages, clock=clock)
         self.membership = Membership(config.heartbeat_interval)
         self.identity: dict | None = None
         self.started_text = format_ts(clock())  # wall time this agent began using node_id
@@ -69,9 +84,6 @@ class Agent(Service):
         self.next_heartbeat = 0.0
         self.next_keepalive = 0.0
         self.peers_dirty = True
-        self.next_provision: float | None = None
-        self._provision_result: list = []
-        self._provision_thread: threading.Thread | None = None
 
     # --- wiring -----------------------------------------------------------------------------
     def attach(self, broadcast_sock, unicast_sock) -> None:
@@ -86,7 +98,7 @@ class Agent(Service):
                             interval=self.config.heartbeat_interval)
             self.next_heartbeat = now
             if self.identity.get("provisioned") is not True:
-                self.next_provision = now
+                self.provisioner.request(self.identity.get("packages") or [], now)
         else:
             self._begin_discovery(now)
 
@@ -98,6 +110,9 @@ class Agent(Service):
     def _payload(self, kind: str, **fields) -> dict:
         if kind in ("HELLO", "WELCOME", "STATUS"):
             fields["started"] = self.started_text  # settles who keeps a node id two nodes share
+            if self.identity is not None:  # what healing plans need of us
+                fields.update(joined_at=self.identity["assigned_at"],
+                              role_since=self._role_since(), rebalance=self.config.rebalance)
         return make_payload(kind, self.node_id, self.hostname, self.iface.address, self.stamp(),
                             **fields)
 
@@ -112,23 +127,16 @@ class Agent(Service):
         return format_ts(self.joining_since) if self.joining_since else None
 
     def _heartbeat(self, state_name: str = "active") -> None:
-        try:
-            load = [round(x, 2) for x in os.getloadavg()]
-        except OSError:
-            load = None
-        health = "ok"
-        if self.identity and self.identity.get("provision_error") and self.config.install_packages:
-            health = "provisioning-failed"
-        self._broadcast("STATUS", role=self.role, state=state_name, load=load,
-                        capacity={"cpu_cores": self.capabilities.get("cpu_cores"),
-                                  "ram_gb": self.capabilities.get("ram_gb")},
-                        health=health, interval=self.config.heartbeat_interval,
-                        capabilities=self.capabilities)
+        self._broadcast("STATUS", role=self.role, state=state_name, load=self._load(),
+                        capacity=self._capacity(), health=self._health(),
+                        interval=self.config.heartbeat_interval, capabilities=self.capabilities)
 
     # --- incoming ---------------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
         if self.membership.observe(message, source_ip, now):
-            self.peers_dirty = True
+            self.peers_dirty = self._plan_dirty = True
+        if message.kind == "IDENTIFY":
+            self.peers_dirty = True  # the advisor waits for peers.json to show it (requests)
         kind = message.kind
         if kind == "HELLO":
             members = len(self.membership.established()) + (1 if self.identity else 0)
@@ -143,7 +151,7 @@ class Agent(Service):
             self._on_advice(message)
 
     def _on_advice(self, message: Message) -> None:
-        if self.phase != "ask" or message.get("to") not in (None, self.node_id):
+        if self.phase not in ("ask", "move") or message.get("to") not in (None, self.node_id):
             return
         if message.get("request_id") not in (None, self.request_id):
             return  # advice for an earlier round (reference advisors send no request id)
@@ -179,6 +187,7 @@ class Agent(Service):
 
     def _take_fresh_node_id(self, other: Message) -> None:
         old, self.node_id = self.node_id, state.new_uuid4()
+        self.healer.node_id = self.node_id
         state.write_node_id(self.config.node_id_path, self.node_id)
         self.started_text = format_ts(self.clock())
         LOG.warning("Node id %s is also used by %s (%s), which has had it longer (a cloned "
@@ -196,13 +205,13 @@ class Agent(Service):
     # --- time -------------------------------------------------------------------------------
     def tick(self, now: float) -> float:
         if self.membership.expire(now):
-            self.peers_dirty = True
+            self.peers_dirty = self._plan_dirty = True
         deadlines = [self.membership.next_deadline()]
         step = getattr(self, f"_tick_{self.phase}")
         deadlines.append(step(now))
-        if self.phase == "operate":
+        if self.phase in ("operate", "move"):
             if now >= self.next_heartbeat:
-                self._heartbeat()
+                self._heartbeat("moving" if self.phase == "move" else "active")
                 self.next_heartbeat = now + self.config.heartbeat_interval
                 self.peers_dirty = True  # refresh last_seen once per interval
             deadlines.append(self.next_heartbeat)
@@ -355,48 +364,144 @@ class Agent(Service):
         self.joining_since = None
         self.reask_backoff = timing.REASK_BACKOFF_FIRST
         self.next_heartbeat = now  # announce the new role at once: waiting joiners go next
-        self.next_provision = now
+        self.provisioner.request(identity["packages"], now)
         self.peers_dirty = True
 
     def _tick_operate(self, now: float) -> float:
-        return float("inf")
+        return self._tick_heal(now)
 
-    # --- provisioning -------------------------------------------------------------------------
+    # --- healing ----------------------------------------------------------------------------
+    def _role_since(self) -> str:
+        return self.identity.get("changed_at") or self.identity["assigned_at"]
+
+    def _load(self) -> list | None:
+        try:
+            return [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            return None
+
+    def _capacity(self) -> dict:
+        return {"cpu_cores": self.capabilities.get("cpu_cores"),
+                "ram_gb": self.capabilities.get("ram_gb")}
+
+    def _health(self) -> str:
+        if self.identity and self.identity.get("provision_error") and self.config.install_packages:
+            return "provisioning-failed"
+        return "ok"
+
+    def _self_view(self) -> dict:
+        return view_entry(self.node_id, self.hostname, self.iface.address, self.role,
+                          self.capabilities, self._load(), self._capacity(), self._health(),
+                          parse_ts(self.identity["assigned_at"]), parse_ts(self._role_since()),
+                          parse_ts(self.started_text), self.config.rebalance,
+                          "moving" if self.phase == "move" else "active")
+
+    def policy_view(self, now: float) -> dict:
+        """The hive as policies see it: this node and the established members, in one view."""
+        me = self._self_view()
+        peers = [m.view(now) for m in self.membership.established(exclude=[self.node_id])]
+        return {"self": me, "peers": peers, "members": [me] + peers}
+
+    def _compute_plan(self, now: float) -> plans.Plan | None:
+        view = self.policy_view(now)
+        try:
+            desired = self.desired_roles(view)
+            plan = plans.compute(plans.members_from_view(view["members"]), desired, self.clock(),
+                                 self.config.cooldown)
+        except Exception as exc:  # a policy's bug: no healing until it is fixed, said once
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._plan_error:
+                LOG.error("Cannot plan the hive's roles (desired_roles: %s); not rebalancing",
+                          error)
+                self._plan_error = error
+            return None
+        self._plan_error = ""
+        return plan
+
+    def _tick_heal(self, now: float) -> float:
+        if self.desired_roles is None or self.identity is None:
+            return float("inf")
+        if self._plan_dirty or now >= self._next_plan:
+            self.plan = self._compute_plan(now)
+            self._plan_dirty = False
+            self._next_plan = now + self.config.heartbeat_interval
+        moving = any(m.is_moving(now) for m in self.membership.members.values())
+        step = self.healer.step(self.plan, now, moving)
+        for line in step.lines:
+            LOG.info("%s", line)
+        if step.move is not None and self._identity_removed is False \
+                and os.path.exists(self.config.identity_path):
+            self._begin_move(now)
+            return now
+        return min(step.wake, self._next_plan)
+
+    def _begin_move(self, now: float) -> None:
+        LOG.info("Asking peers for a new role (was '%s')...", self.role)
+        self.phase, self.phase_start, self.sent = "move", now, 0
+        self.advice = {}
+        self.request_id = os.urandom(8).hex()
+        self.expected_advisors = len(self.membership.established(exclude=[self.node_id]))
+        self._heartbeat("moving")
+        self.next_heartbeat = now + self.config.heartbeat_interval
+        self.peers_dirty = True
+
+    def _tick_move(self, now: float) -> float:
+        next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, lambda: self._broadcast(
+            "IDENTIFY", request="who_am_i", request_id=self.request_id, reask=True,
+            role=self.role, candidate_ip=None, capabilities=self.capabilities,
+            attempt=self.sent))
+        rivals = [m for m in self.membership.members.values()
+                  if m.is_moving(now) and m.node_id < self.node_id]
+        if rivals:  # two movers from views that differed for a moment: the lower id goes on
+            LOG.info("%s is moving too; giving way", ", ".join(m.hostname for m in rivals))
+            return self._end_move(now, retry=True)
+        if len(self.advice) >= self.expected_advisors:
+            return self._finish_move(now)
+        if now - self.phase_start >= timing.ADVICE_TIMEOUT:
+            if self.advice:
+                LOG.warning("Only %d of %d peer(s) advised; deciding with their advice",
+                            len(self.advice), self.expected_advisors)
+                return self._finish_move(now)
+            LOG.warning("No advice received for the move; staying '%s' for now", self.role)
+            return self._end_move(now, retry=True)
+        return min(next_send, self.phase_start + timing.ADVICE_TIMEOUT)
+
+    def _end_move(self, now: float, retry: bool) -> float:
+        self.phase = "operate"
+        self.advice = {}
+        if retry:
+            self.healer.retry_later(now)
+        self._plan_dirty = self.peers_dirty = True
+        self.next_heartbeat = now  # say at once that we are not moving any more
+        return now
+
+    def _finish_move(self, now: float) -> float:
+        decision = consensus.decide(self.advice)
+        if decision.role == self.role:
+            LOG.info("The hive advised me to stay '%s'", self.role)
+            return self._end_move(now, retry=True)
+        LOG.info("Consensus: I am a '%s'", decision.role)
+        if decision.packages:
+            LOG.info("Packages: %s", ", ".join(decision.packages))
+        identity = dict(self.identity)
+        identity.update(role=decision.role, packages=decision.packages, config=decision.config,
+                        assigned_by=decision.assigned_by, reason=decision.reason,
+                        votes=decision.votes, previous_role=self.role,
+                        changed_at=format_ts_seconds(self.clock()), provisioned=False,
+                        provision_error=None)
+        if not os.path.exists(self.config.identity_path):
+            return self._end_move(now, retry=True)  # hive reset meanwhile: not written back
+        state.write_json_atomic(self.config.identity_path, identity)
+        self.identity = identity
+        self.provisioner.request(identity["packages"], now)
+        return self._end_move(now, retry=False)
+
+    # --- provisioning (provision.Provisioner does the work; here: identity.json) ---------------
     def _tick_provisioning(self, now: float) -> float:
-        if self._provision_thread is not None:
-            if self._provision_thread.is_alive():
-                return now + 1.0
-            self._provision_thread = None
-            self._record_provisioning(self._provision_result.pop(), now)
-        if self.next_provision is None or now < self.next_provision:
-            return self.next_provision if self.next_provision is not None else float("inf")
-        self.next_provision = None
-        packages = list(self.identity.get("packages") or [])
-        if not self.config.install_packages:
-            LOG.info("install_packages = false: not installing %s",
-                     ", ".join(packages) if packages else "anything")
-            self._record_provisioning("skipped: install_packages = false", now, quiet=True)
-            return float("inf")
-        if not packages:
-            self._record_provisioning(None, now)
-            return float("inf")
-        LOG.info("Installing packages: %s", ", ".join(packages))
-        self._provision_thread = threading.Thread(
-            target=lambda: self._provision_result.append(self.installer(packages)),
-            name="provision", daemon=True)
-        self._provision_thread.start()
-        return now + 1.0
-
-    def _record_provisioning(self, error: str | None, now: float, quiet: bool = False) -> None:
-        if error is None:
-            if self.identity.get("packages"):
-                LOG.info("Packages installed: %s", ", ".join(self.identity["packages"]))
-        elif not quiet:
-            LOG.error("Installing packages failed: %s; retrying in %.0fs", error,
-                      timing.PROVISION_RETRY)
-            self.next_provision = now + timing.PROVISION_RETRY
-        self._update_identity(provisioned=error is None, provision_error=error,
-                              provisioned_at=format_ts_seconds(self.clock()))
+        deadline, fields = self.provisioner.tick(now)
+        if fields is not None and self.identity is not None:
+            self._update_identity(**fields)
+        return deadline
 
     # --- state files --------------------------------------------------------------------------
     def _update_identity(self, **fields) -> None:
@@ -418,10 +523,20 @@ class Agent(Service):
 
     def _write_peers(self, now: float) -> None:
         wall = self.clock()
+        me = {"hostname": self.hostname, "primary_ip": self.iface.address, "role": self.role,
+              "node_id": self.node_id,
+              "status": {"operate": "active", "move": "moving"}.get(self.phase, "joining")}
+        if self.identity is not None:  # what the advisor and `hive plan` need of us
+            view = self._self_view()
+            me.update(joined_at=self.identity["assigned_at"], role_since=self._role_since(),
+                      started=self.started_text, rebalance=self.config.rebalance,
+                      state=view["state"],
+                      capabilities=view["capabilities"], load=view["load"],
+                      capacity=view["capacity"], health=view["health"])
         data = {
-            "self": {"hostname": self.hostname, "primary_ip": self.iface.address,
-                     "role": self.role, "node_id": self.node_id,
-                     "status": "active" if self.identity else "joining"},
+            "self": me,
+            "plan": self.plan.to_json() if self.plan is not None and self.identity else None,
+            "requests": self.membership.requests(),
             "peers": [m.to_json(wall - now)
                       for m in self.membership.established(exclude=[self.node_id])],
             "updated_at": format_ts_seconds(wall),

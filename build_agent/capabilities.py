@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import platform
 import shutil
+
+# What counts as a GPU (has_gpu): a PCI device of NVIDIA or AMD/ATI whose class is a display
+# controller (VGA 0x0300, 3D 0x0302, other 0x0380) or a processing accelerator (0x1200, e.g.
+# AMD Instinct).  Read from sysfs, which the agent's sandbox still sees: PrivateDevices=yes
+# hides /dev/nvidia* and /dev/dri.  Not counted: the VGA of a server's BMC (ASPEED, Matrox),
+# virtual machines' display adapters (QEMU, Cirrus, VMware, virtio, Hyper-V) and Intel
+# graphics, integrated or not.
+GPU_VENDORS = {0x10DE: "NVIDIA", 0x1002: "AMD"}
+GPU_CLASSES = {0x0300, 0x0302, 0x0380, 0x1200}
 
 
 def _ram_gb() -> float:
@@ -30,16 +38,35 @@ def _os_name() -> str:
     return platform.system()
 
 
-def _has_gpu() -> bool:
-    # NVIDIA's driver creates /dev/nvidia0; DRM render nodes cover AMD and Intel GPUs.
-    return os.path.exists("/dev/nvidia0") or bool(glob.glob("/dev/dri/renderD*"))
+def _read_hex(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read(32).strip(), 16)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
-def detect() -> dict:
+def gpus(sysfs: str = "/sys") -> list[str]:
+    """PCI addresses of the GPUs (see GPU_VENDORS and GPU_CLASSES) under the sysfs root."""
+    devices = os.path.join(sysfs, "bus", "pci", "devices")
+    try:
+        names = sorted(os.listdir(devices))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        vendor = _read_hex(os.path.join(devices, name, "vendor"))
+        klass = _read_hex(os.path.join(devices, name, "class"))  # 0xCCSSPP: class, sub, prog-if
+        if vendor in GPU_VENDORS and klass is not None and klass >> 8 in GPU_CLASSES:
+            found.append(name)
+    return found
+
+
+def detect(sysfs: str = "/sys") -> dict:
     return {
         "cpu_cores": os.cpu_count() or 1,
         "ram_gb": _ram_gb(),
-        "has_gpu": _has_gpu(),
+        "has_gpu": bool(gpus(sysfs)),
         "arch": platform.machine()[:32],
         "os": _os_name(),
         "docker_installed": shutil.which("docker") is not None,

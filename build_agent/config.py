@@ -9,6 +9,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from . import timing
 from .protocol import DEFAULT_PORT
 
 LOG = logging.getLogger(__name__)
@@ -34,6 +35,24 @@ class Config:
     install_packages: bool = True
     policy: str = ""  # empty: the built-in default policy
     log_level: str = "info"
+    # Healing: may this node change role when the hive needs it (it always counts)?
+    rebalance: bool = True
+    # Seconds a need must persist before a node moves, and after a move before that node may
+    # move again; unset: REBALANCE_GRACE_INTERVALS / _COOLDOWN_INTERVALS heartbeat intervals.
+    rebalance_grace: float | None = None
+    rebalance_cooldown: float | None = None
+
+    @property
+    def grace(self) -> float:
+        if self.rebalance_grace is not None:
+            return self.rebalance_grace
+        return timing.REBALANCE_GRACE_INTERVALS * self.heartbeat_interval
+
+    @property
+    def cooldown(self) -> float:
+        if self.rebalance_cooldown is not None:
+            return self.rebalance_cooldown
+        return timing.REBALANCE_COOLDOWN_INTERVALS * self.heartbeat_interval
 
     @property
     def identity_path(self) -> Path:
@@ -63,9 +82,13 @@ def _check(name: str, value: object) -> object:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.2 <= value <= 3600:
             raise bad("a number of seconds from 0.2 to 3600")
         value = float(value)
-    elif name == "install_packages":
+    elif name in ("install_packages", "rebalance"):
         if not isinstance(value, bool):
             raise bad("true or false")
+    elif name in ("rebalance_grace", "rebalance_cooldown"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
+            raise bad("a number of seconds from 0 to 86400")
+        value = float(value)
     elif name == "log_level":
         if value not in LOG_LEVELS:
             raise bad("one of " + ", ".join(LOG_LEVELS))

@@ -28,19 +28,86 @@ class Member:
     interval: float
     capabilities: dict = field(default_factory=dict)
     load: Any = None
+    capacity: Any = None
     health: str = "ok"
     last_ts: float = 0.0  # the sender's ts on the newest message applied from it
+    # What healing needs (wall-clock stamps from the member's messages; None if not said):
+    joined_at: float | None = None   # when it first got an identity
+    role_since: float | None = None  # when it took its current role
+    started: float | None = None     # when its agent started (it came back to the hive)
+    rebalance: bool = True           # False: it never moves
+    state: str = "active"            # "moving" while it asks the hive for a new role
+    state_at: float = 0.0            # steady time the state was last said
+    request_id: str | None = None    # of its last re-ask (IDENTIFY)
 
     def deadline(self) -> float:
         return self.last_seen + timing.DEAD_AFTER_INTERVALS * self.interval
 
+    def is_moving(self, now: float) -> bool:
+        """Announced a move that is not over, and not gone quiet about it (MOVE_TIMEOUT)."""
+        return self.state == "moving" and now - self.state_at < timing.MOVE_TIMEOUT
+
     def to_json(self, wall_offset: float = 0.0) -> dict:
         """peers.json's entry; wall_offset turns the steady last_seen into wall time."""
+        def stamp(value: float | None) -> str | None:
+            return format_ts_seconds(value) if value is not None else None
         return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.ip,
                 "role": self.role, "status": "alive",
                 "last_seen": format_ts_seconds(self.last_seen + wall_offset),
-                "capabilities": self.capabilities, "load": self.load, "health": self.health,
-                "interval": self.interval}
+                "capabilities": self.capabilities, "load": self.load,
+                "capacity": self.capacity, "health": self.health,
+                "interval": self.interval, "joined_at": stamp(self.joined_at),
+                "role_since": stamp(self.role_since), "started": stamp(self.started),
+                "rebalance": self.rebalance, "state": self.state}
+
+    def view(self, now: float) -> dict:
+        """The member as policies and plans see it: see ``view_entry``."""
+        return view_entry(self.node_id, self.hostname, self.ip, self.role, self.capabilities,
+                          self.load, self.capacity, self.health, self.joined_at,
+                          self.role_since, self.started, self.rebalance,
+                          "moving" if self.is_moving(now) else "active")
+
+
+def view_entry(node_id: str, hostname: str, ip: str, role: str, capabilities: dict, load: Any,
+               capacity: Any, health: str, joined_at: float | None, role_since: float | None,
+               started: float | None, rebalance: bool, state: str) -> dict:
+    """One member as policies and healing plans see it.  Times are whole seconds since the
+    epoch (as peers.json keeps them), so a plan made from the agent's memory and one made from
+    peers.json (the advisor, `hive plan`) are the same plan.  ``member_since`` is when it took
+    its role or came back to the hive, the later."""
+    def whole(value: float | None) -> float | None:
+        return float(int(value)) if value is not None else None
+    since = [whole(t) for t in (role_since, started) if t is not None]
+    return {"node_id": node_id, "hostname": hostname, "ip": ip, "role": role,
+            "capabilities": dict(capabilities or {}), "load": load, "capacity": capacity,
+            "health": health, "joined_at": whole(joined_at), "role_since": whole(role_since),
+            "member_since": max(since, default=None), "rebalance": rebalance, "state": state}
+
+
+def view_from_peers(data: dict) -> dict | None:
+    """The policy view ({"self", "peers", "members"}) from peers.json, or None if the file has
+    no identified self (the node is joining).  The one source of the hive's view for the
+    advisor and `hive plan`: what the agent knows."""
+    def entry(raw: dict) -> dict:
+        def stamp(name: str) -> float | None:
+            try:
+                return parse_ts(raw.get(name)) if raw.get(name) else None
+            except ProtocolError:
+                return None
+        return view_entry(str(raw.get("node_id")), str(raw.get("hostname", "?")),
+                          str(raw.get("ip") or raw.get("primary_ip") or "?"), raw["role"],
+                          raw.get("capabilities") if isinstance(raw.get("capabilities"), dict)
+                          else {}, raw.get("load"), raw.get("capacity"),
+                          str(raw.get("health", "ok")), stamp("joined_at"), stamp("role_since"),
+                          stamp("started"), raw.get("rebalance", True) is not False,
+                          "moving" if raw.get("state") == "moving" else "active")
+    me = data.get("self") if isinstance(data, dict) else None
+    if not isinstance(me, dict) or not isinstance(me.get("role"), str):
+        return None
+    peers = [entry(p) for p in data.get("peers") or []
+             if isinstance(p, dict) and isinstance(p.get("role"), str) and p.get("node_id")]
+    mine = entry(me)
+    return {"self": mine, "peers": peers, "members": [mine] + peers}
 
 
 @dataclass
@@ -52,6 +119,7 @@ class Joiner:
     joining_since: float
     last_heard: float
     asking_until: float = 0.0  # it broadcast IDENTIFY: it is asking the hive until then
+    request_id: str | None = None  # of its last IDENTIFY
     backing_off: bool = False  # nobody could advise it: it pauses and holds nobody's turn
 
     @property
@@ -101,7 +169,7 @@ class Membership:
             # it, but it is verified and fresh (no replay): the sender is alive.
             member.last_seen = max(member.last_seen, now)
             return False
-        role = _role_of(message) if kind != "IDENTIFY" else None
+        role = _role_of(message) if kind != "IDENTIFY" or message.get("reask") else None
         if role:
             return self._upsert(message, source_ip, role, now)
         # No role: the sender is joining (or re-joining after an identity reset).
@@ -113,8 +181,9 @@ class Membership:
         self.joiners.pop(message.node_id, None)
         # A sender that states no interval is a reference-script node (HEARTBEAT about every
         # 32 s): judged by that cadence, not ours, so a mixed hive stays stable.
-        interval = message.get("interval") or timing.REFERENCE_INTERVAL
         member = self.members.get(message.node_id)
+        interval = message.get("interval") or (member.interval if member is not None
+                                                else timing.REFERENCE_INTERVAL)
         changed = member is None or member.role != role
         if member is None:
             member = Member(message.node_id, message.hostname, source_ip, role, now, interval)
@@ -131,7 +200,19 @@ class Membership:
             member.capabilities = message.get("capabilities")
         if message.kind == "STATUS":
             member.load = message.get("load", member.load)
+            member.capacity = message.get("capacity", member.capacity)
             member.health = message.get("health", member.health)
+        for name in ("joined_at", "role_since", "started"):
+            if message.get(name):
+                setattr(member, name, parse_ts(message.get(name)))
+        if message.get("rebalance") is not None:
+            member.rebalance = message.get("rebalance")
+        if message.kind == "IDENTIFY":
+            member.request_id = message.get("request_id")
+        state = "moving" if message.kind == "IDENTIFY" else message.get("state")
+        if state in ("active", "moving") and (state != member.state or state == "moving"):
+            changed |= state != member.state
+            member.state, member.state_at = state, now
         return changed
 
     def _note_joiner(self, message: Message, source_ip: str, now: float) -> None:
@@ -150,6 +231,8 @@ class Membership:
                 joiner.joining_since = since
         state = message.get("state")
         joiner.backing_off = state == "backoff"
+        if message.kind == "IDENTIFY":
+            joiner.request_id = message.get("request_id")
         if message.kind == "IDENTIFY" or state == "asking":
             joiner.asking_until = now + timing.ADVICE_TIMEOUT
         elif message.kind == "HELLO" or state in ("joining", "backoff"):
@@ -224,6 +307,14 @@ class Membership:
         off (the hive could not advise it; it must not hold up those that can be)."""
         return sorted((j for j in self.joiners.values() if j.key < key and not j.backing_off),
                       key=lambda j: j.key)
+
+    def requests(self) -> dict[str, str]:
+        """node id -> request id of the last IDENTIFY heard from each joiner or moving member
+        (in peers.json: the advisor answers an IDENTIFY once the agent has seen it)."""
+        out = {j.node_id: j.request_id for j in self.joiners.values() if j.request_id}
+        out.update((m.node_id, m.request_id) for m in self.members.values()
+                   if m.request_id and m.state == "moving")
+        return out
 
     def joiners_asking(self, now: float) -> list[Joiner]:
         """Joining nodes that are asking the hive right now (IDENTIFY seen, not settled)."""

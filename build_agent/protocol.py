@@ -16,6 +16,7 @@ import datetime as _dt
 import ipaddress
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -226,6 +227,9 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("capabilities", _capabilities, False),
         ("interval", _number(0.05, 86400), False),
         ("started", _timestamp(nullable=True), False),
+        ("joined_at", _timestamp(nullable=True), False),
+        ("role_since", _timestamp(nullable=True), False),
+        ("rebalance", _boolean, False),
     ),
     "WELCOME": (
         ("to", _text(64, NODE_ID_RE), False),
@@ -235,6 +239,9 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("capabilities", _capabilities, False),
         ("interval", _number(0.05, 86400), False),
         ("started", _timestamp(nullable=True), False),
+        ("joined_at", _timestamp(nullable=True), False),
+        ("role_since", _timestamp(nullable=True), False),
+        ("rebalance", _boolean, False),
     ),
     "IDENTIFY": (
         ("request", _text(32), False),
@@ -243,6 +250,8 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("capabilities", _capabilities, False),
         ("attempt", _number(0, 1000, integer=True), False),
         ("joining_since", _timestamp(nullable=True), False),
+        ("reask", _boolean, False),         # a member asking for a new role (healing)
+        ("role", _role(nullable=True), False),  # ... and the role it has now
     ),
     "ADVICE": (
         ("to", _text(64, NODE_ID_RE), False),
@@ -262,6 +271,9 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("joining_since", _timestamp(nullable=True), False),
         ("capabilities", _capabilities, False),
         ("started", _timestamp(nullable=True), False),
+        ("joined_at", _timestamp(nullable=True), False),
+        ("role_since", _timestamp(nullable=True), False),
+        ("rebalance", _boolean, False),
     ),
     "HEARTBEAT": (
         ("identity", _identity, False),
@@ -508,11 +520,13 @@ class Stamper:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self._last_us = 0
+        self._lock = threading.Lock()  # the advisor builds ADVICE in policy threads too
 
     def __call__(self) -> float:
         now_us = int(self.clock() * 1_000_000)
-        self._last_us = max(now_us, self._last_us + 1)
-        return self._last_us / 1_000_000
+        with self._lock:
+            self._last_us = max(now_us, self._last_us + 1)
+            return self._last_us / 1_000_000
 
 
 @dataclass

@@ -39,9 +39,34 @@ REFERENCE_INTERVAL = 32.0
 APT_UPDATE_ATTEMPTS = 3
 APT_UPDATE_PAUSE = 5.0
 PROVISION_RETRY = 300.0
+# Each apt-get/dpkg command may run this long; the whole install unit (build-hive-provision)
+# this long (systemd's RuntimeMaxSec=).
+APT_COMMAND_TIMEOUT = 3600.0
+PROVISION_UNIT_MAX = 7200.0
+# While an install runs, the agent looks at its worker this often; a restarted agent looks this
+# often whether the install unit of its previous life still runs; a systemctl query may take this.
+PROVISION_POLL = 1.0
+PROVISION_UNIT_POLL = 2.0
+SYSTEMCTL_TIMEOUT = 30.0
 
 # Rejected datagrams are logged (debug) at most once per this period, with a count.
 REJECT_LOG_PERIOD = 60.0
 
 # Re-read peers.json written by the local agent at most this often (advisor).
 PEERS_FILE_POLL = 1.0
+# The advisor answers an IDENTIFY once the agent's peers.json shows it (so the view holds all
+# the agent heard before it), looking every VIEW_SYNC_POLL, at most VIEW_SYNC_TIMEOUT.
+VIEW_SYNC_POLL = 0.01
+VIEW_SYNC_TIMEOUT = 0.3
+
+# A user's policy has this long to answer a newcomer (advisor; it runs in a worker thread), then
+# the default policy answers: well under ADVICE_TIMEOUT, so the advice arrives in time even for
+# an IDENTIFY first heard at the asker's last retry (IDENTIFY_SCHEDULE[-1] = 1.2 s).
+POLICY_TIMEOUT = 1.0
+# Healing: a member that announced a move ('moving') and said nothing more about it for this
+# long is no longer waited for (a move takes at most ADVICE_TIMEOUT plus a moment).
+MOVE_TIMEOUT = 10.0
+# Defaults, in heartbeat intervals, of the grace a need must persist before a node moves and of
+# the cool-down after a move (hive.toml: rebalance_grace, rebalance_cooldown, in seconds).
+REBALANCE_GRACE_INTERVALS = 2
+REBALANCE_COOLDOWN_INTERVALS = 10

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
 
+from build_agent import timing
 from lab import REPO, log_lines
 
 DATA = REPO / "tests" / "data"
+
+
+def policy_copy(name: str, directory: Path) -> str:
+    """A copy of tests/data/NAME that load_policy accepts whoever owns the checkout: root's,
+    mode 0644, in a directory only root can write (pytest's tmp_path, as we run as root)."""
+    target = directory / name
+    shutil.copyfile(DATA / name, target)
+    target.chmod(0o644)
+    return str(target)
 
 
 def test_killed_node_leaves_every_peers_json_within_three_heartbeats(make_lab):
@@ -141,7 +155,7 @@ def test_startup_errors_are_one_clear_line(make_lab, tmp_path):
 
     secret = lab.host_dir(host) / "shared_secret"
     result = run("build_advisor", f'secret_file = "{secret}"\ninterface = "eth0"\n'
-                                  f'policy = "{DATA / "policy_broken.py"}"\n')
+                                  f'policy = "{policy_copy("policy_broken.py", tmp_path)}"\n')
     assert result.returncode == 1
     assert "does not define suggest_role" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -150,8 +164,8 @@ def test_startup_errors_are_one_clear_line(make_lab, tmp_path):
     assert result.returncode == 1 and "interface nosuch0" in result.stderr
 
 
-def test_a_failing_policy_falls_back_to_the_default(make_lab):
-    lab = make_lab(policy=str(DATA / "policy_raises.py"))
+def test_a_failing_policy_falls_back_to_the_default(make_lab, tmp_path):
+    lab = make_lab(policy=policy_copy("policy_raises.py", tmp_path))
     lab.up(3)
     # build2 (even) gets the policy's role; build3 (odd) makes the policy raise: default role.
     assert lab.role(2) == "tester"
@@ -160,3 +174,103 @@ def test_a_failing_policy_falls_back_to_the_default(make_lab):
     advisor_log = lab.log(1, "advisor") + lab.log(2, "advisor")
     assert "Policy failed for build3 (RuntimeError: policy bug); using the default policy" in advisor_log
     assert lab.alive(1, "advisor") and lab.alive(2, "advisor")
+
+
+class NotifyListener:
+    """A stand-in for systemd's notify socket: records (when, sender pid, text) of every
+    sd_notify message (SO_PASSCRED tells us who sent it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, int, str]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except socket.timeout:
+                continue
+            pid = 0
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("iII", value[:12])[0]
+            self.messages.append((time.monotonic(), pid, data.decode(errors="replace")))
+
+    def longest_silence(self, pid: int, start: float, end: float) -> float:
+        """The longest time within [start, end] without a WATCHDOG=1 from pid."""
+        pings = [when for when, sender, text in self.messages
+                 if sender == pid and "WATCHDOG=1" in text.split("\n") and start <= when <= end]
+        marks = [start] + pings + [end]
+        return max(b - a for a, b in zip(marks, marks[1:]))
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_a_slow_or_unruly_policy_holds_up_no_join(make_lab, tmp_path):
+    """build3's advice takes the policy 30 s: the default answers it at its deadline, build4
+    right behind it gets the policy's own answer, the advisors' loops keep pinging the watchdog.
+    build5's and build6's answers (a set, NaN) are dropped by every receiver: the default
+    answers them at once."""
+    lab = make_lab(heartbeat=1, policy=policy_copy("policy_unruly.py", tmp_path))
+    notify = NotifyListener(tmp_path / "notify.sock")
+    # Both daemons of every host talk to our socket as to systemd, with a 1 s watchdog.
+    lab.env.update(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000")
+    try:
+        lab.up(2)
+        advisors = {i: lab.pid(i, "advisor") for i in (1, 2)}
+        build3, build4 = lab.add(2)
+        started = time.monotonic()
+        lab.start(build3)
+        time.sleep(0.3)
+        started4 = time.monotonic()
+        lab.start(build4)
+        lab.wait_for(lambda: lab.role(build3), 15, "build3's identity")
+        took3 = time.monotonic() - started
+        lab.wait_for(lambda: lab.role(build4), 15, "build4's identity")
+        took4 = time.monotonic() - started4
+        print(f"slow policy: build3 identified {took3:.2f}s after its start, build4 (queued "
+              f"behind it) {took4:.2f}s after its start (policy timeout "
+              f"{timing.POLICY_TIMEOUT:g}s, asker's ADVICE_TIMEOUT {timing.ADVICE_TIMEOUT:g}s)")
+        assert lab.identity(build3)["role"] == "builder"
+        assert lab.identity(build3)["reason"] == "cluster needs builders"  # the default's
+        assert lab.identity(build4)["role"] == "builder"
+        assert lab.identity(build4)["reason"] == "policy: cluster needs builders"  # the policy's
+        assert took3 < 10 and took4 < 10, (took3, took4)
+
+        for host in lab.add(2):  # build5 (a set in its config), build6 (NaN)
+            begun = time.monotonic()
+            lab.start(host)
+            lab.wait_for(lambda: lab.role(host), 15, f"build{host}'s identity")
+            took = time.monotonic() - begun
+            print(f"unruly answer: build{host} identified {took:.2f}s after its start")
+            identity = lab.identity(host)
+            assert (identity["role"], identity["config"]) == ("runner", {}), identity
+            assert identity["reason"] == "have builders, need test runners"
+            assert time.monotonic() - begun < 15
+        time.sleep(max(0.0, started + 10 - time.monotonic()))  # build3's calls still sleep
+        window_end = time.monotonic()
+        for i, pid in advisors.items():
+            assert lab.alive(i, "advisor") and lab.pid(i, "advisor") == pid, lab.log(i, "advisor")
+            silence = notify.longest_silence(pid, started, window_end)
+            print(f"build{i}'s advisor: longest watchdog silence {silence:.2f}s over "
+                  f"{window_end - started:.1f}s (ping period 0.5s) while its policy slept 30 s")
+            assert silence < 5, silence
+        advisor_log = lab.log(1, "advisor") + lab.log(2, "advisor")
+        assert (f"Policy failed for build3 (no answer within {timing.POLICY_TIMEOUT:g} s); "
+                f"using the default policy") in advisor_log
+        assert "Policy failed for build5 (invalid answer: not JSON: Object of type set" \
+            in advisor_log
+        assert "Policy failed for build6 (invalid answer: not JSON: Out of range float" \
+            in advisor_log
+        assert "Traceback" not in advisor_log
+    finally:
+        notify.close()

@@ -28,6 +28,20 @@ DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_POLICY_PACKAGES = ("ansible", "git", "openjdk-17-jdk", "maven", "build-essential",
                            "python3-pytest", "nodejs", "npm")
 TEST_POLICY_PACKAGES = ("hive-e2e-tool", "hive-e2e-lib")
+# For the provisioning tests: a package whose postinst takes a while (an agent restart lands in
+# the middle of it; markers in /run say when it started and finished), and one that conflicts
+# with an installed package (installing it would remove jq).
+SLOW_PACKAGE = "hive-e2e-slow"
+SLOW_POSTINST_SECONDS = 8
+SLOW_POSTINST = f"""#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+    touch /run/{SLOW_PACKAGE}.started
+    sleep {SLOW_POSTINST_SECONDS}
+    touch /run/{SLOW_PACKAGE}.configured
+fi
+"""
+CONFLICTING_PACKAGE = "hive-e2e-breaker"
 # Real packages (from the rootfs's debootstrap cache) that a test removes for install.sh to bring back.
 PREREQ_DEBS = ("jq", "arping")
 MEASUREMENTS: dict[str, dict] = {}
@@ -82,10 +96,13 @@ def release_tarball(e2e_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def standin_debs(e2e_dir) -> list[Path]:
-    """Tiny .debs named like the default policy's and the test policy's packages."""
+    """Tiny .debs named like the default policy's and the test policy's packages, and the
+    provisioning tests' slow and conflicting ones."""
     out = e2e_dir / "debs"
     out.mkdir()
-    return [hx.build_deb(name, out) for name in DEFAULT_POLICY_PACKAGES + TEST_POLICY_PACKAGES]
+    return [hx.build_deb(name, out) for name in DEFAULT_POLICY_PACKAGES + TEST_POLICY_PACKAGES] + [
+        hx.build_deb(SLOW_PACKAGE, out, postinst=SLOW_POSTINST),
+        hx.build_deb(CONFLICTING_PACKAGE, out, control="Conflicts: jq\n")]
 
 
 def make_apt_repo(www: Path, release: str, standins: list[Path]) -> Path:

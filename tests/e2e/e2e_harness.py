@@ -307,8 +307,10 @@ class Container:
 
 # --- a local apt repository and file server on the lab's bridge ----------------------------------
 
-def build_deb(name: str, outdir: Path, version: str = "1.0-e2e") -> Path:
-    """A tiny architecture-independent .deb that installs one marker file."""
+def build_deb(name: str, outdir: Path, version: str = "1.0-e2e", postinst: str | None = None,
+              control: str = "") -> Path:
+    """A tiny architecture-independent .deb that installs one marker file; POSTINST (a shell
+    script) runs when it is configured; CONTROL adds fields (e.g. "Conflicts: jq\n")."""
     root = outdir / f"{name}-pkg"
     shutil.rmtree(root, ignore_errors=True)
     (root / "DEBIAN").mkdir(parents=True)
@@ -318,8 +320,12 @@ def build_deb(name: str, outdir: Path, version: str = "1.0-e2e") -> Path:
     (root / "DEBIAN/control").write_text(
         f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
         f"Maintainer: Build Hive e2e <e2e@build-hive.invalid>\nSection: misc\nPriority: optional\n"
+        f"{control}"
         f"Description: build-hive e2e stand-in for {name}\n"
         f" Installed by the build-hive end-to-end tests from a repository on the lab bridge.\n")
+    if postinst is not None:
+        (root / "DEBIAN/postinst").write_text(postinst)
+        os.chmod(root / "DEBIAN/postinst", 0o755)
     deb = outdir / f"{name}_{version}_all.deb"
     sh("dpkg-deb", "--root-owner-group", "--build", str(root), str(deb))
     shutil.rmtree(root)

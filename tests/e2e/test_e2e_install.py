@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import time
 
 import pytest
 
@@ -87,6 +88,105 @@ def test_a_node_with_another_secret_founds_its_own_hive(policy_hive, diagnose):
                                   "/var/lib/build/peers.json").split()
     assert jq(stranger, ".peers | length", "/var/lib/build/peers.json") == "0"
     assert identity(policy_hive["build2"])["role"] == "e2e-worker"
+
+
+# sysfs entries of a server with a BMC's VGA and an NVIDIA datacenter GPU: (vendor, class)
+FAKE_PCI = {"0000:02:00.0": ("0x1a03", "0x030000"),   # ASPEED AST2600 VGA (the BMC)
+            "0000:41:00.0": ("0x10de", "0x030200")}   # NVIDIA 3D controller (an L4, an H100)
+FAKE_GPU_SCRIPT = "mount -t tmpfs -o mode=0755 fake-pci /sys/bus/pci/devices\n" + "".join(
+    f"mkdir /sys/bus/pci/devices/{addr}\n"
+    f"echo {vendor} > /sys/bus/pci/devices/{addr}/vendor\n"
+    f"echo {klass} > /sys/bus/pci/devices/{addr}/class\n"
+    for addr, (vendor, klass) in FAKE_PCI.items()) + "touch /dev/nvidia0\n"
+
+
+def listed_has_gpu(member: hx.Container, hostname: str):
+    peers = json.loads(member.read("/var/lib/build/peers.json"))["peers"]
+    return [p.get("capabilities", {}).get("has_gpu") for p in peers if p["hostname"] == hostname]
+
+
+def test_has_gpu_is_seen_through_the_agents_sandbox(policy_hive, diagnose):
+    """The shipped unit's PrivateDevices=yes hides /dev/nvidia0 from the agent; the PCI class in
+    sysfs stays visible, so the hive learns that build2 has a GPU (and not that its BMC's VGA is
+    one).  A stand-in for the hardware: a tmpfs with the two devices' sysfs files over
+    /sys/bus/pci/devices, and /dev/nvidia0 as the driver would make it."""
+    host, member = policy_hive["build2"], policy_hive["build1"]
+    assert listed_has_gpu(member, "build2") == [False]
+    try:
+        host.bash(FAKE_GPU_SCRIPT)
+        assert host.run("test", "-e", "/dev/nvidia0", check=False).returncode == 0
+        sandboxed = host.run("systemd-run", "--quiet", "--wait", "--pipe", "-p",
+                             "PrivateDevices=yes", "-p", "ProtectKernelTunables=yes", "sh", "-c",
+                             "test -e /dev/nvidia0; echo dev=$?; cat "
+                             "/sys/bus/pci/devices/0000:41:00.0/class").stdout.split()
+        assert sandboxed == ["dev=1", "0x030200"], sandboxed  # hidden / visible
+        host.run("systemctl", "restart", "build-agent")
+        hx.wait_for(lambda: listed_has_gpu(member, "build2") == [True], 20,
+                    "build1's peers.json to list build2 with has_gpu: true")
+    finally:
+        host.bash("umount /sys/bus/pci/devices || true\nrm -f /dev/nvidia0\n")
+        host.run("systemctl", "restart", "build-agent")
+    hx.wait_for(lambda: listed_has_gpu(member, "build2") == [False], 20,
+                "build1's peers.json to list build2 with has_gpu: false again")
+
+
+SLOW_POLICY = '''"""e2e: a policy that takes 30 s to answer, as one querying a hung service would."""
+import time
+
+
+def suggest_role(view, newcomer):
+    time.sleep(30)
+    return {"role": "e2e-late", "reason": "30 s late"}
+'''
+
+
+def test_a_slow_policy_stalls_neither_the_watchdog_nor_the_newcomer(policy_hive, lab, diagnose):
+    """build1's advisor runs, under the shipped unit with a 2 s watchdog (drop-in), a policy that
+    sleeps 30 s: build2, asking again after `hive reset`, gets the default policy's answer within
+    seconds, and the watchdog never restarts the advisor."""
+    advisor, newcomer = policy_hive["build1"], policy_hive["build2"]
+    policy = "/etc/build/e2e-policy.py"
+    original = advisor.read(policy)
+    dropin = "/etc/systemd/system/build-advisor.service.d/50-e2e-watchdog.conf"
+    advisor.write(policy, SLOW_POLICY)
+    advisor.write(dropin, "[Service]\nWatchdogSec=2s\n")
+    try:
+        advisor.run("systemctl", "daemon-reload")
+        advisor.run("systemctl", "restart", "build-advisor")
+        pid = advisor.run("systemctl", "show", "-p", "MainPID", "--value",
+                          "build-advisor").stdout.strip()
+        invocation = advisor.run("systemctl", "show", "-p", "InvocationID", "--value",
+                                 "build-advisor").stdout.strip()
+        started = time.monotonic()
+        newcomer.run("hive", "reset")
+        asked = newcomer.run("systemctl", "show", "-p", "InvocationID", "--value",
+                             "build-agent").stdout.strip()
+
+        def settled():
+            return "Consensus: I am a 'controller'" in newcomer.run(
+                "journalctl", "--no-pager", "-q", "-o", "cat",
+                f"_SYSTEMD_INVOCATION_ID={asked}").stdout
+        hx.wait_for(settled, 20, "build2 to be advised again after 'hive reset'")
+        took = time.monotonic() - started
+        measure(lab.release, "hive reset to identity, advisor's policy sleeping 30 s (s)",
+                round(took, 2))
+        data = identity(newcomer)
+        assert (data["role"], data["reason"]) == ("controller", "first node becomes controller")
+        assert data["assigned_by"] == ["build1"]
+        time.sleep(max(0.0, started + 8 - time.monotonic()))  # 4 watchdog periods; still asleep
+        show = advisor.run("systemctl", "show", "-p", "MainPID", "-p", "NRestarts", "-p",
+                           "ActiveState", "build-advisor").stdout.split()
+        assert sorted(show) == sorted([f"MainPID={pid}", "NRestarts=0", "ActiveState=active"])
+        log = advisor.run("journalctl", "--no-pager", "-q", "-o", "cat",
+                          f"_SYSTEMD_INVOCATION_ID={invocation}").stdout
+        assert ("Policy failed for build2 (no answer within 1 s); using the default policy"
+                in log), log
+        assert "watchdog" not in advisor.journal("build-advisor", "-b").lower()
+    finally:
+        advisor.write(policy, original)
+        advisor.run("rm", "-rf", "/etc/systemd/system/build-advisor.service.d")
+        advisor.run("systemctl", "daemon-reload")
+        advisor.run("systemctl", "restart", "build-advisor")
 
 
 def test_uninstall_removes_the_ufw_rule(policy_hive, lab, diagnose):
@@ -190,6 +290,49 @@ def test_refusals_are_one_clear_line_and_change_nothing(fresh, diagnose):
         fresh.run("rm", "-f", "/etc/os-release")
         fresh.write("/etc/os-release", os_release)
     assert not fresh.path(secret).exists()
+
+
+MARKER = "/root/policy-ran"
+MARKER_POLICY = f'''import pathlib
+pathlib.Path("{MARKER}").write_text("the policy ran as root")
+
+
+def suggest_role(view, newcomer):
+    return {{"role": "builder"}}
+'''
+
+
+def test_refuses_a_policy_others_can_write_without_running_it(fresh, diagnose):
+    """install.sh runs the policy as root to check it: a file (or directory) others can write is
+    code injection, refused in one line before a line of it runs."""
+    policy = "/etc/build/e2e-marker-policy.py"
+    fresh.write("/etc/build/hive.toml", f'policy = "{policy}"\n')
+    fresh.write(policy, MARKER_POLICY, mode=0o666)
+    hint = "(the advisor runs the policy with the hive's secret)"
+    try:
+        assert refused(fresh) == (f"install.sh: policy {policy} has mode 0666 (writable by group "
+                                  f"or others): run 'chmod go-w {policy}' {hint}")
+        assert not fresh.path(MARKER).exists()
+        fresh.run("chmod", "0644", policy)
+        fresh.run("chown", "1000:1000", policy)
+        assert refused(fresh) == (f"install.sh: policy {policy} is owned by uid 1000, not root: "
+                                  f"run 'chown root:root {policy}' {hint}")
+        assert not fresh.path(MARKER).exists()
+        fresh.run("chown", "root:root", policy)
+        fresh.run("chmod", "0777", "/etc/build")
+        assert refused(fresh) == (f"install.sh: policy {policy}: directory /etc/build has mode "
+                                  f"0777 (writable by group or others): run 'chmod go-w "
+                                  f"/etc/build' {hint}")
+        assert not fresh.path(MARKER).exists()
+        fresh.run("chmod", "0755", "/etc/build")
+        fresh.run("chmod", "0600", policy)
+        assert refused(fresh) == (f"install.sh: policy {policy} must be readable by everyone "
+                                  f"(build-advisor is an unprivileged user): run 'chmod 0644 "
+                                  f"{policy}'")
+        assert not fresh.path(MARKER).exists()
+    finally:
+        fresh.run("rm", "-f", policy, "/etc/build/hive.toml", "/etc/build/shared_secret", MARKER)
+        fresh.run("chmod", "0755", "/etc/build")
 
 
 def test_installs_missing_prerequisites_from_the_lan(fresh, lab, diagnose):

@@ -163,8 +163,8 @@ def test_an_unusable_secret_file_fails_visibly_and_the_advisor_keeps_its_secret(
         assert result.returncode != 0, "the reload must fail visibly"
         errors = host.run("journalctl", "--no-pager", "-q", "-o", "cat", "-p", "err",
                           "-u", "build-advisor").stdout
-        line = (f"Reload failed, keeping the old secret: shared secret {SECRET} is readable by "
-                f"others: run 'chmod 0600 {SECRET}'")
+        line = (f"Reload failed, keeping the old secret: shared secret {SECRET} has mode 0644 "
+                f"(group or others may read it): run 'chmod 0600 {SECRET}'")
         assert line in errors.splitlines(), errors
         assert copy_of(host) == copy, "the advisor's copy must stay as it was"
         assert show(host, "MainPID", "build-advisor") == pid
@@ -174,8 +174,8 @@ def test_an_unusable_secret_file_fails_visibly_and_the_advisor_keeps_its_secret(
         assert host.run("systemctl", "restart", "build-advisor", check=False).returncode != 0
         errors = host.run("journalctl", "--no-pager", "-q", "-o", "cat", "-p", "err",
                           "-u", "build-advisor").stdout
-        assert (f"build-advisor: shared secret {SECRET} is readable by others: run "
-                f"'chmod 0600 {SECRET}'") in errors.splitlines(), errors
+        assert (f"build-advisor: shared secret {SECRET} has mode 0644 (group or others may "
+                f"read it): run 'chmod 0600 {SECRET}'") in errors.splitlines(), errors
         assert host.run("systemctl", "is-active", "build-advisor",
                         check=False).stdout.strip() != "active"
     finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from build_agent import protocol
 
 SECRET = b"unit-test-secret-0123456789"
@@ -46,3 +49,12 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def policy_copy(source: Path, directory: Path) -> str:
+    """A copy of a policy file that load_policy accepts whoever owns the checkout: ours, mode
+    0644, in a directory only we can write (pytest's tmp_path)."""
+    target = Path(directory) / source.name
+    shutil.copyfile(source, target)
+    target.chmod(0o644)
+    return str(target)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from build_advisor.advisor import Advisor
+from build_advisor.advisor import Advisor, start_thread
 from build_advisor import policy as policy_mod
 from build_advisor.policy import default_suggest_role, load_policy
-from build_agent import protocol, state
+from build_agent import protocol, state, timing
 from build_agent.agent import Agent
 from build_agent.daemon import Service
-from hive_fakes import SECRET, T0, FakeSocket
+from hive_fakes import SECRET, T0, FakeSocket, policy_copy
 
 SELF_ID = "self-node-0"
 NEW_ID = "new-node-9"
@@ -32,15 +34,52 @@ class RecordingPolicy:
         return self.wrapped(view, newcomer)
 
 
+def run_now(work):
+    """spawn= for tests: the policy call runs at once, in this thread."""
+    work()
+
+
+class HeldCalls:
+    """spawn= for tests: policy calls wait here until the test runs them (a slow policy)."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __call__(self, work) -> None:
+        self.calls.append(work)
+
+    def finish(self, index: int = 0) -> None:
+        self.calls.pop(index)()
+
+
+def peer_entry(i: int, role: str = "builder", **extra) -> dict:
+    return {"node_id": f"member-{i}", "hostname": f"build{i}", "ip": f"10.9.0.{10 + i}",
+            "role": role, "last_seen": protocol.format_ts_seconds(T0), "interval": 10,
+            "joined_at": protocol.format_ts_seconds(T0 - 1000 + i),
+            "role_since": protocol.format_ts_seconds(T0 - 1000 + i), **extra}
+
+
+def write_peers(config, peers: list[dict], self_role: str | None = "founder",
+                requests: dict | None = None) -> None:
+    """The agent's peers.json: the advisor's one view of the hive."""
+    me = {"hostname": "build0", "primary_ip": "10.9.0.2", "node_id": SELF_ID, "role": self_role,
+          "status": "active" if self_role else "joining"}
+    if self_role:
+        me.update(joined_at=IDENTITY["assigned_at"], role_since=IDENTITY["assigned_at"])
+    state.write_json_atomic(config.peers_path, {"self": me, "peers": peers,
+                                                "requests": requests or {}})
+
+
 @pytest.fixture
 def make_advisor(config, iface, clock, fake_sock):
-    def factory(policy=default_suggest_role, with_identity=True, with_node_id=True) -> Advisor:
+    def factory(policy=default_suggest_role, with_identity=True, with_node_id=True,
+                spawn=run_now) -> Advisor:
         if with_node_id:
-            config.node_id_path.write_text(SELF_ID + "\n")
-        if with_identity:
-            state.write_json_atomic(config.identity_path, IDENTITY)
-        advisor = Advisor(config, [SECRET], iface, "build0", policy, clock=clock)
+            write_peers(config, [], "founder" if with_identity else None)
+        advisor = Advisor(config, [SECRET], iface, "build0", policy, clock=clock, steady=clock,
+                          spawn=spawn)
         advisor.attach(fake_sock)
+        advisor.tick(T0)
         return advisor
     return factory
 
@@ -67,9 +106,8 @@ def advices(sock: FakeSocket):
 
 
 def add_members(advisor: Advisor, count: int, now: float = T0) -> None:
-    for i in range(1, count + 1):
-        feed(advisor, "STATUS", f"member-{i}", f"build{i}", f"10.9.0.{10 + i}", now,
-             role="builder", interval=10)
+    """Members as the agent knows them: in its peers.json."""
+    write_peers(advisor.config, [peer_entry(i) for i in range(1, count + 1)])
 
 
 # --- advising -------------------------------------------------------------------------------------
@@ -103,18 +141,19 @@ def test_default_policy_by_number_of_peers(make_advisor, fake_sock, others, role
 
 def test_no_advice_without_identity(make_advisor, config, fake_sock):
     advisor = make_advisor(with_identity=False)
-    add_members(advisor, 2)
+    write_peers(config, [peer_entry(1), peer_entry(2)], self_role=None)  # the agent is joining
     identify(advisor)
     assert advices(fake_sock) == [] and advisor.advised == 0
-    # Once the local agent has an identity, it advises.
-    state.write_json_atomic(config.identity_path, IDENTITY)
+    # Once the local agent has an identity (its peers.json says so), it advises.
+    write_peers(config, [peer_entry(1), peer_entry(2)])
     identify(advisor, now=T0 + 2)
     assert len(advices(fake_sock)) == 1
 
 
-def test_no_advice_with_a_broken_identity(make_advisor, config, fake_sock):
-    advisor = make_advisor(with_identity=False)
-    config.identity_path.write_text('{"role": "builder"}')  # lacks the required keys
+@pytest.mark.parametrize("text", ['{"self": {"role": "builder"}', "[]", '{"peers": []}'])
+def test_no_advice_with_a_broken_peers_file(make_advisor, config, fake_sock, text):
+    advisor = make_advisor(with_identity=False, with_node_id=False)
+    config.peers_path.write_text(text)
     identify(advisor)
     assert advices(fake_sock) == []
 
@@ -135,63 +174,56 @@ def test_picks_up_its_node_id_once_the_agent_wrote_it(make_advisor, config, fake
     advisor = make_advisor(with_node_id=False)
     assert advisor.node_id is None
     assert advisor.tick(T0) <= T0 + 1.0  # polls for the node id
-    config.node_id_path.write_text(SELF_ID + "\n")
+    write_peers(config, [])
     advisor.tick(T0 + 1)
     assert advisor.node_id == SELF_ID
     identify(advisor, node_id=SELF_ID, ip="10.9.0.2")
     assert advices(fake_sock) == []
 
 
-def test_view_counts_peers_without_itself_or_the_newcomer(make_advisor, config, fake_sock):
+def test_the_view_is_the_agents_peers_json_without_itself_or_the_newcomer(make_advisor, config,
+                                                                         fake_sock):
     policy = RecordingPolicy()
     advisor = make_advisor(policy=policy)
-    add_members(advisor, 2)
-    # Its own heartbeat, as if it had reached the membership anyway.
-    own = protocol.decode(protocol.encode(protocol.make_payload(
-        "STATUS", SELF_ID, "build0", "10.9.0.2", T0, role="founder"), SECRET), [SECRET], T0)
-    advisor.handle(own, "10.9.0.2", T0)
+    # A member only this advisor's socket heard counts for nothing: the agent's view is the view.
+    feed(advisor, "STATUS", "member-7", "build7", "10.9.0.17", T0, role="builder", interval=10)
     # The newcomer was a member before its identity was reset; the agent's peers.json still
-    # lists it (and, wrongly, this node itself) next to a member only the agent has heard.
-    state.write_json_atomic(config.peers_path, {
-        "self": {"hostname": "build0", "primary_ip": "10.9.0.2", "role": "founder"},
-        "peers": [
-            {"node_id": NEW_ID, "hostname": "build9", "ip": "10.9.0.99", "role": "runner",
-             "last_seen": protocol.format_ts_seconds(T0), "interval": 10},
-            {"node_id": SELF_ID, "hostname": "build0", "ip": "10.9.0.2", "role": "founder",
-             "last_seen": protocol.format_ts_seconds(T0), "interval": 10},
-            {"node_id": "member-3", "hostname": "build3", "ip": "10.9.0.13", "role": "builder",
-             "last_seen": protocol.format_ts_seconds(T0), "interval": 10},
-        ]})
-    feed(advisor, "STATUS", NEW_ID, "build9", "10.9.0.99", T0 + 0.5, role="runner")
+    # lists it next to three members.
+    write_peers(config, [peer_entry(1), peer_entry(2), peer_entry(3, capabilities={"has_gpu": True}),
+                         {**peer_entry(9, "runner"), "node_id": NEW_ID}])
     identify(advisor)
     [(view, newcomer)] = policy.calls
     assert sorted(p["hostname"] for p in view["peers"]) == ["build1", "build2", "build3"]
     assert view["self"]["node_id"] == SELF_ID and view["self"]["role"] == "founder"
     assert view["members"] == [view["self"]] + view["peers"]
+    assert view["peers"][2]["capabilities"] == {"has_gpu": True}
     assert newcomer == {"node_id": NEW_ID, "hostname": "build9", "ip": "10.9.0.99",
                         "capabilities": {"has_gpu": False}}
     [(advice, _)] = advices(fake_sock)
     assert advice.get("suggested_role") == "runner"  # 3 peers
-    assert len(json.loads(config.peers_path.read_text())["peers"]) == 3
 
 
-def test_dead_members_are_not_counted(make_advisor, fake_sock):
+def test_an_identify_is_answered_once_the_agent_has_heard_it(make_advisor, config, fake_sock,
+                                                            clock):
+    """A joiner that settled just ahead must be in the view: the advisor waits (bounded) until
+    peers.json shows the newcomer's request, i.e. the agent has heard all before it."""
     advisor = make_advisor()
-    feed(advisor, "STATUS", "member-1", "build1", "10.9.0.11", T0, role="builder", interval=1)
-    advisor.tick(T0 + 3)
-    identify(advisor, now=T0 + 3)
+    write_peers(config, [peer_entry(1)])
+    feed(advisor, "IDENTIFY", NEW_ID, "build9", "10.9.0.99", T0 + 1, request="who_am_i",
+         request_id="r1")
+    assert advices(fake_sock) == []
+    assert advisor.tick(T0 + 1.001) == pytest.approx(T0 + 1.001 + timing.VIEW_SYNC_POLL)
+    write_peers(config, [peer_entry(1), peer_entry(2)], requests={NEW_ID: "r1"})
+    advisor.tick(T0 + 1.02)
     [(advice, _)] = advices(fake_sock)
-    assert advice.get("suggested_role") == "controller"
-
-
-def test_a_member_that_left_is_not_counted(make_advisor, fake_sock):
-    advisor = make_advisor()
-    add_members(advisor, 1)
-    feed(advisor, "STATUS", "member-1", "build1", "10.9.0.11", T0 + 0.5, role="builder",
-         state="leaving")
-    identify(advisor)
-    [(advice, _)] = advices(fake_sock)
-    assert advice.get("suggested_role") == "controller"
+    assert advice.get("suggested_role") == "builder" and advice.get("request_id") == "r1"
+    # ... and if the agent never shows it, at most VIEW_SYNC_TIMEOUT later.
+    feed(advisor, "IDENTIFY", "other-9", "build8", "10.9.0.98", T0 + 2, request="who_am_i",
+         request_id="r2")
+    advisor.tick(T0 + 2 + timing.VIEW_SYNC_TIMEOUT - 0.01)
+    assert len(advices(fake_sock)) == 1
+    advisor.tick(T0 + 2 + timing.VIEW_SYNC_TIMEOUT)
+    assert len(advices(fake_sock)) == 2
 
 
 def test_failing_policy_falls_back_to_the_default(make_advisor, fake_sock, caplog):
@@ -206,12 +238,157 @@ def test_failing_policy_falls_back_to_the_default(make_advisor, fake_sock, caplo
     assert "RuntimeError" in caplog.text
 
 
-def test_policy_sees_newcomer_capabilities(make_advisor, fake_sock):
-    gpu = load_policy(str(Path(policy_mod.__file__).parent / "policies" / "gpu_aware.py"))
+def test_policy_sees_newcomer_capabilities(make_advisor, fake_sock, tmp_path):
+    gpu = load_policy(policy_copy(Path(policy_mod.__file__).parent / "policies" / "gpu_aware.py",
+                                  tmp_path))
     advisor = make_advisor(policy=gpu)
     identify(advisor, has_gpu=True, cpu_cores=16)
     [(advice, _)] = advices(fake_sock)
     assert advice.get("suggested_role") == "ml-trainer"
+
+
+# --- a user's policy: checked as receivers will, off the loop, with a deadline ---------------------
+
+@pytest.mark.parametrize("answer", [
+    {"role": "builder", "config": {"tags": {"gpu"}}},             # a set: send() used to raise
+    {"role": "builder", "config": {"ratio": float("nan")}},       # NaN: receivers drop it
+    {"role": "builder", "config": {"blob": "x" * 5000}},          # config too large
+    {"role": "builder", "packages": [f"pkg{i}" for i in range(65)]},
+    {"role": "builder", "packages": ["p" + "x" * 127] * 64},      # datagram too large
+])
+def test_an_answer_receivers_would_drop_gets_the_default(make_advisor, fake_sock, caplog, answer):
+    advisor = make_advisor(policy=lambda view, newcomer: answer)
+    with caplog.at_level(logging.INFO):
+        identify(advisor)
+    [(advice, address)] = advices(fake_sock)  # decoded as a receiver does
+    assert address == ("10.9.0.99", 50555)
+    assert advice.get("suggested_role") == "controller" and advice.get("to") == NEW_ID
+    assert advice.get("config") == {}
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("Policy failed for build9 (invalid answer")
+    assert " -> build9: become 'controller' (first node becomes controller)" in caplog.text
+
+
+def test_a_slow_policy_is_answered_by_the_default_at_its_deadline(make_advisor, fake_sock,
+                                                                  caplog, clock):
+    held = HeldCalls()
+    policy = RecordingPolicy(lambda view, newcomer: {"role": "late", "reason": "slow"})
+    advisor = make_advisor(policy=policy, spawn=held)
+    add_members(advisor, 1)
+    with caplog.at_level(logging.INFO):
+        identify(advisor, now=T0 + 1)
+        assert advices(fake_sock) == [] and len(held.calls) == 1
+        # The loop's next wake-up is the deadline; nothing is sent before it.
+        assert advisor.tick(T0 + 1.5) == T0 + 1 + timing.POLICY_TIMEOUT
+        assert advices(fake_sock) == []
+        advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT)
+        [(advice, _)] = advices(fake_sock)
+        assert advice.get("suggested_role") == "builder"  # the default, for 1 peer
+        assert (f"Policy failed for build9 (no answer within {timing.POLICY_TIMEOUT:g} s); "
+                f"using the default policy") in caplog.text
+        # The policy answers at last, 30 s after it was asked: dropped, said once.
+        clock.now = T0 + 31
+        held.finish()
+    assert len(policy.calls) == 1 and len(advices(fake_sock)) == 1
+    assert ("Policy call for build9 returned after 30.0 s, too late: the default policy had "
+            "answered" in caplog.text)
+    assert advisor.advised == 1 and advisor._calls == 0
+
+
+def test_a_policy_that_answers_in_time_is_sent_once(make_advisor, fake_sock):
+    held = HeldCalls()
+    advisor = make_advisor(policy=lambda view, newcomer: {"role": "tester", "reason": "mine"},
+                           spawn=held)
+    identify(advisor, now=T0 + 1)
+    # Asked again (the agent's retries) while the call runs: no second call.
+    identify(advisor, now=T0 + 1.4, **{"cpu_cores": 2})
+    assert len(held.calls) == 1
+    held.finish()
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == "tester"
+    assert advisor.tick(T0 + 5) == float("inf")  # nothing left to answer
+    assert len(advices(fake_sock)) == 1
+
+
+def test_a_slow_newcomer_does_not_delay_the_next(make_advisor, fake_sock):
+    held = HeldCalls()
+
+    def policy(view, newcomer):
+        return {"role": "tester", "reason": f"for {newcomer['hostname']}"}
+    advisor = make_advisor(policy=policy, spawn=held)
+    feed(advisor, "IDENTIFY", "slow-node", "build7", "10.9.0.77", T0 + 1, request="who_am_i")
+    feed(advisor, "IDENTIFY", "quick-node", "build8", "10.9.0.88", T0 + 1.2, request="who_am_i")
+    held.finish(1)  # the second newcomer's call returns first
+    [(advice, address)] = advices(fake_sock)
+    assert advice.get("to") == "quick-node" and address[0] == "10.9.0.88"
+    advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT)  # the first one's deadline: the default
+    assert [(m.get("to"), m.get("suggested_role")) for m, _ in advices(fake_sock)] == [
+        ("quick-node", "tester"), ("slow-node", "controller")]
+
+
+def test_policy_calls_in_flight_are_bounded(make_advisor, fake_sock, caplog):
+    held = HeldCalls()
+    advisor = make_advisor(policy=lambda view, newcomer: {"role": "tester"}, spawn=held)
+    from build_advisor.advisor import MAX_POLICY_CALLS
+    for i in range(MAX_POLICY_CALLS):
+        feed(advisor, "IDENTIFY", f"node-{i}", f"build{20 + i}", f"10.9.0.{20 + i}", T0 + 1,
+             request="who_am_i")
+    # Their deadlines pass: the default answers them, but their calls still run (hung).
+    advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT)
+    assert len(advices(fake_sock)) == MAX_POLICY_CALLS and len(held.calls) == MAX_POLICY_CALLS
+    with caplog.at_level(logging.ERROR):
+        feed(advisor, "IDENTIFY", "one-more", "build30", "10.9.0.30", T0 + 3, request="who_am_i")
+    # No fifth call: the default answers at once.
+    assert len(held.calls) == MAX_POLICY_CALLS
+    assert advices(fake_sock)[-1][0].get("to") == "one-more"
+    assert (f"Policy failed for build30 ({MAX_POLICY_CALLS} earlier policy calls are still "
+            f"running); using the default policy") in caplog.text
+    # One hung call returns: its slot is free again.
+    held.finish()
+    feed(advisor, "IDENTIFY", "later", "build31", "10.9.0.31", T0 + 4, request="who_am_i")
+    assert len(held.calls) == MAX_POLICY_CALLS
+    held.finish(-1)
+    assert advices(fake_sock)[-1][0].get("to") == "later"
+    assert advices(fake_sock)[-1][0].get("suggested_role") == "tester"
+
+
+def test_the_policy_gets_copies_it_may_change(make_advisor, fake_sock):
+    def rude(view, newcomer):
+        view["peers"].clear()
+        newcomer["hostname"] = "changed"
+        raise RuntimeError("after changing things")
+    advisor = make_advisor(policy=rude)
+    add_members(advisor, 3)
+    identify(advisor)
+    [(advice, _)] = advices(fake_sock)
+    assert advice.get("suggested_role") == "runner"  # the default saw all 3 peers
+
+
+def test_a_real_thread_keeps_the_caller_free(make_advisor, fake_sock, caplog):
+    """With the real spawn: handle() returns at once while the policy blocks."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocking(view, newcomer):
+        entered.set()
+        release.wait(30)
+        return {"role": "late"}
+    advisor = make_advisor(policy=blocking, spawn=start_thread)
+    started = time.monotonic()
+    identify(advisor, now=T0 + 1)
+    took = time.monotonic() - started
+    assert entered.wait(10)
+    print(f"handle() returned after {took * 1000:.1f} ms with the policy blocked")
+    assert advices(fake_sock) == []
+    with caplog.at_level(logging.WARNING):
+        advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT)
+        assert [m.get("suggested_role") for m, _ in advices(fake_sock)] == ["controller"]
+        release.set()
+        deadline = time.monotonic() + 10
+        while advisor._calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert advisor._calls == 0 and len(advices(fake_sock)) == 1
+    assert "too late" in caplog.text
 
 
 # --- Service.receive / send -----------------------------------------------------------------------
@@ -380,3 +557,23 @@ def test_agent_and_advisor_reload_the_secret(make_advisor, config, iface, clock,
     for service in (agent, advisor):
         service.reload()
         assert service.secrets == [b"rotated-secret-0123456789"]
+
+
+# --- re-asks: a member the hive's plan moves --------------------------------------------------
+
+def test_a_reask_is_answered_with_the_role_the_plan_gives_the_mover(make_advisor, config,
+                                                                    fake_sock, caplog):
+    advisor = make_advisor()
+    # founder (this node), two builders and two runners: the controller died.
+    write_peers(config, [peer_entry(3), peer_entry(4), peer_entry(5, "runner"),
+                         peer_entry(6, "runner")])
+    caplog.set_level(logging.INFO)
+    for node, host in (("member-6", "build6"), ("member-5", "build5")):
+        feed(advisor, "IDENTIFY", node, host, "10.9.0.16", T0 + 1, request="who_am_i",
+             reask=True, role="runner", capabilities={})
+    (first, _), (second, _) = advices(fake_sock)
+    assert (first.get("to"), first.get("suggested_role"), first.get("packages")) == \
+        ("member-6", "controller", ["ansible", "git"])  # the youngest runner
+    assert first.get("reason") == "the hive needs a 'controller' (0 of 1)"
+    assert (second.get("to"), second.get("suggested_role")) == ("member-5", "runner")
+    assert second.get("reason") == "the hive has what it needs: stay 'runner'"

@@ -408,8 +408,7 @@ def _founded_then_told_packages(make_agent, cfg, clock, installer):
     agent = make_agent(installer=installer, cfg=cfg)
     agent.start(T0)
     step(agent, clock, T0)
-    if agent._provision_thread is not None:
-        agent._provision_thread.join(5)
+    agent.provisioner.join(5)
     step(agent, clock, T0 + 1)
     return agent
 
@@ -440,8 +439,7 @@ def test_provisioning_failure_is_recorded_and_retried(make_agent, config, clock,
     step(agent, clock, T0 + 1 + timing.PROVISION_RETRY - 1)
     assert len(calls) == 1
     step(agent, clock, T0 + 1 + timing.PROVISION_RETRY)
-    if agent._provision_thread is not None:
-        agent._provision_thread.join(5)
+    agent.provisioner.join(5)
     assert len(calls) == 2
 
 
@@ -450,3 +448,46 @@ def test_install_packages_false_skips_installing(make_agent, config, clock, capl
     _founded_then_told_packages(make_agent, config, clock, no_install)
     assert "install_packages = false: not installing git, maven" in caplog.text
     assert identity(config)["provisioned"] is False
+
+
+def test_an_exception_while_installing_is_recorded_and_retried(make_agent, config, clock, caplog):
+    """Undecodable apt output (or any bug) in the worker: the agent keeps running, records the
+    error in identity.json and tries again after PROVISION_RETRY."""
+    calls = []
+
+    def raising(packages):
+        calls.append(list(packages))
+        b"\xff".decode("utf-8")
+    cfg = replace(config, install_packages=True)
+    agent = _founded_then_told_packages(make_agent, cfg, clock, raising)
+    ident = identity(cfg)
+    assert ident["provisioned"] is False
+    assert ident["provision_error"].startswith("internal error: UnicodeDecodeError")
+    assert ident["provisioned_at"]
+    assert "Installing packages failed: internal error: UnicodeDecodeError" in caplog.text
+    # the agent goes on: heartbeats say the provisioning failed, and it retries
+    agent.unicast_sock.clear()
+    step(agent, clock, T0 + 1 + timing.PROVISION_RETRY)
+    agent.provisioner.join(5)
+    step(agent, clock, T0 + 2 + timing.PROVISION_RETRY)
+    assert len(calls) == 2
+    statuses = [m for m, _ in agent.unicast_sock.messages() if m.kind == "STATUS"]
+    assert statuses and all(m.get("health") == "provisioning-failed" for m in statuses)
+    assert identity(cfg)["provision_error"].startswith("internal error: UnicodeDecodeError")
+
+
+def test_installing_later_succeeds_after_an_exception(make_agent, config, clock):
+    results = [UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), None]
+
+    def flaky(packages):
+        outcome = results.pop(0)
+        if outcome is not None:
+            raise outcome
+    cfg = replace(config, install_packages=True)
+    agent = _founded_then_told_packages(make_agent, cfg, clock, flaky)
+    assert identity(cfg)["provisioned"] is False
+    step(agent, clock, T0 + 1 + timing.PROVISION_RETRY)
+    agent.provisioner.join(5)
+    step(agent, clock, T0 + 2 + timing.PROVISION_RETRY)
+    ident = identity(cfg)
+    assert ident["provisioned"] is True and ident["provision_error"] is None

@@ -131,11 +131,12 @@ def test_hive_reset_no_restart_is_not_undone_by_the_running_agent(make_agent, co
     step(agent, clock, T0)
     run_until(agent, clock, T0 + timing.DISCOVERY_MAX + EPS)
     agent.identity["packages"] = ["git"]
-    agent.next_provision = clock.now
+    agent.provisioner.request(["git"], clock.now)
     config.identity_path.unlink()  # `hive reset --no-restart`
     for _ in range(100):
         step(agent, clock, clock.now + 0.05)
-        if done and agent._provision_thread is None:
+        agent.provisioner.join(1)
+        if done and not agent.provisioner.busy:
             break
     assert done == [["git"]]
     assert not config.identity_path.exists()

@@ -77,7 +77,7 @@ def test_a_planted_symlink_is_replaced_not_followed(setup, tmp_path):
 
 
 @pytest.mark.parametrize("text, mode, expected", [
-    (f"{NEW}\n", 0o644, "is readable by others: run 'chmod 0600 "),
+    (f"{NEW}\n", 0o644, "has mode 0644 (group or others may read it): run 'chmod 0600 "),
     ("short\n", 0o600, "is shorter than 16 characters"),
     ("\n", 0o600, "is empty"),
     (None, None, "no shared secret at "),
