@@ -18,6 +18,7 @@ import logging
 import os
 import stat
 import sys
+import threading
 import types
 from typing import Callable
 
@@ -247,3 +248,36 @@ def desired_roles_of(policy: Policy) -> DesiredRoles:
         return default_suggest_role(view, newcomer)
 
     return lambda view: plans.replay(view["members"], suggest)
+
+
+class PolicyTimeout(RuntimeError):
+    """A policy call that did not return in time (it goes on in its thread)."""
+
+
+def with_deadline(function: Callable, timeout: float) -> Callable:
+    """Call ``function`` in a daemon thread and wait at most ``timeout`` seconds for it: a slow
+    policy (a query to an inventory service) holds the caller for at most that long, and a call
+    that never returns blocks no later one (PolicyTimeout while it is still running)."""
+    running: list[threading.Thread] = []
+
+    def call(*args):
+        if running and running[0].is_alive():
+            raise PolicyTimeout("an earlier call has not returned yet")
+        result: list = []
+
+        def work() -> None:
+            try:
+                result.append((True, function(*args)))
+            except BaseException as exc:  # handed to the caller
+                result.append((False, exc))
+        thread = threading.Thread(target=work, name="policy", daemon=True)
+        running[:] = [thread]
+        thread.start()
+        thread.join(timeout)
+        if not result:
+            raise PolicyTimeout(f"no answer within {timeout:g} s")
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+    return call

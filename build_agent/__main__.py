@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from . import daemon, state
+from . import daemon, state, timing
 from .agent import Agent
 from .netif import open_broadcast_sockets, open_unicast_socket
 
@@ -19,11 +19,23 @@ def build(config, secrets, iface):
     hostname = daemon.local_hostname()
     unicast_sock = open_unicast_socket(iface.address, config.port)
     broadcast_socks = open_broadcast_sockets(iface, config.port)
-    agent = Agent(config, secrets, iface, node_id, hostname)
+    agent = Agent(config, secrets, iface, node_id, hostname,
+                  desired_roles=_desired_roles(config))
     agent.attach(broadcast_socks, unicast_sock)
     LOG.info("build-agent %s on %s (node %s), port %d", agent.hostname, iface.address, node_id,
              config.port)
     return agent, [*broadcast_socks, unicast_sock]
+
+
+def _desired_roles(config):
+    """What the hive wants, for healing: from the same policy file as the advisor (checked and
+    loaded the same way); a user's policy runs with a deadline, off the agent's loop."""
+    from build_advisor.policy import default_suggest_role, desired_roles_of, load_policy, \
+        with_deadline
+    policy = load_policy(config.policy)
+    desired = desired_roles_of(policy)
+    return desired if policy is default_suggest_role else \
+        with_deadline(desired, timing.POLICY_TIMEOUT)
 
 
 def main(argv: list[str] | None = None) -> int:

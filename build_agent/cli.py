@@ -3,6 +3,7 @@
   hive status      role, who assigned it and when, peers count, hostname, IP
   hive peers       the live members: hostname, IP, role, status, last seen
   hive identity    identity.json
+  hive plan        what the hive would change now (healing) and why, without changing anything
   hive reset       remove identity.json and restart build-agent, which asks the hive again
   hive watch       live stream of hive messages on this LAN, verified and decoded
 
@@ -57,6 +58,13 @@ def cmd_status(config: Config, args) -> int:
         "node_id": me.get("node_id") or identity.get("node_id"),
         "peers": len(peers.get("peers") or []),
         "updated_at": peers.get("updated_at"),
+        "previous_role": identity.get("previous_role"),
+        "changed_at": identity.get("changed_at"),
+        "state": me.get("status"),
+        "needs": _needs(peers.get("plan")),
+        "moving": sorted(p.get("hostname") for p in peers.get("peers") or []
+                         if isinstance(p, dict) and p.get("state") == "moving")
+        + (["(this node)"] if me.get("status") == "moving" else []),
     }
     if args.json:
         _print_json(summary)
@@ -69,9 +77,54 @@ def cmd_status(config: Config, args) -> int:
         print(f"Assigned at: {summary['assigned_at']}")
         print(f"Provisioned: {'yes' if summary['provisioned'] else 'no'}"
               + (f" ({identity.get('provision_error')})" if identity.get("provision_error") else ""))
+    if summary["previous_role"]:
+        print(f"Changed at:  {summary['changed_at']} (was '{summary['previous_role']}')")
     print(f"Hostname:    {summary['hostname'] or '?'}")
     print(f"IP:          {summary['ip'] or '?'}")
     print(f"Peers:       {summary['peers']}")
+    if summary["role"] is not None:
+        print(f"Hive needs:  {summary['needs'] or 'nothing (every role the policy wants is held)'}")
+        if summary["moving"]:
+            print(f"Moving now:  {', '.join(summary['moving'])}")
+    return 0
+
+
+def _needs(plan: dict | None) -> str:
+    """'1 controller (0 of 1)' for each missing role of the agent's current plan."""
+    if not isinstance(plan, dict):
+        return ""
+    desired, have = plan.get("desired") or {}, plan.get("have") or {}
+    return ", ".join(f"{n} {role} ({have.get(role, 0)} of {desired.get(role, 0)})"
+                     for role, n in (plan.get("missing") or {}).items())
+
+
+def cmd_plan(config: Config, args) -> int:
+    """The healing plan the local agent computed from its view (peers.json): read, not made,
+    so it is exactly what the agent would do; nothing is changed."""
+    peers = _read(config.peers_path) or {}
+    plan = peers.get("plan")
+    if not isinstance(plan, dict):
+        return _err("no plan: this node has no identity yet, or build-agent is not running "
+                    "(see hive status)")
+    if args.json:
+        _print_json(plan)
+        return 0
+    desired, have = plan.get("desired") or {}, plan.get("have") or {}
+    roles = list(desired) + sorted(set(have) - set(desired))
+    print("ROLE         WANTED  HAVE")
+    for role in roles:
+        print(f"{role:<12} {desired.get(role, '-')!s:>6}  {have.get(role, 0):>4}")
+    if plan.get("disabled"):
+        print(f"Rebalancing is off: {plan['disabled']}.")
+    elif not plan.get("moves") and not plan.get("blocked"):
+        print("Nothing to change: the hive has every role its policy wants.")
+    for move in plan.get("moves") or []:
+        print(f"Would move: {move['hostname']} from '{move['from']}' to '{move['to']}' "
+              f"({move['why']})")
+    for why in plan.get("blocked") or []:
+        print(f"Cannot fill: {why}")
+    print(f"(as of {peers.get('updated_at')}; a move waits for its need to last the grace "
+          f"period, then only the mover acts)")
     return 0
 
 
@@ -181,7 +234,7 @@ def cmd_watch(config: Config, args) -> int:
 
 
 COMMANDS = {"status": cmd_status, "peers": cmd_peers, "identity": cmd_identity,
-            "reset": cmd_reset, "watch": cmd_watch}
+            "plan": cmd_plan, "reset": cmd_reset, "watch": cmd_watch}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="this node's role and hive")
     sub.add_parser("peers", parents=[common], help="the live members")
     sub.add_parser("identity", parents=[common], help="print identity.json")
+    sub.add_parser("plan", parents=[common], help="what healing would change now, and why")
     reset = sub.add_parser("reset", parents=[common], help="forget the identity and ask again")
     reset.add_argument("--no-restart", action="store_true",
                        help="only remove identity.json (restart build-agent yourself)")

@@ -2,9 +2,9 @@
 
 Pure logic (``now`` passed in, a reading of the steady clock).  The plan itself (who moves)
 is ``plan.compute``; this decides *when*:
+- every node logs the plan's ``Role check: ...`` line once, when the need appears;
 - a need must persist, with the same mover, for ``grace`` seconds before anyone acts, so a
-  node restarting or a lost heartbeat does not reshuffle the hive;
-- then every node logs the plan's ``Role check: ...`` line once, and only the chosen mover
+  node restarting or a lost heartbeat does not reshuffle the hive; then only the chosen mover
   acts, and only while no other member is in the middle of a move;
 - a move that gives nothing (no advice, or the hive said "stay") starts the grace again.
 The cool-down after a move is part of the plan (a member that moved recently is not chosen).
@@ -40,14 +40,14 @@ class Healer:
         need = (first.node_id, first.from_role, first.to_role)
         if need != self._need:
             self._need, self._since = need, now
-        due = self._since + self.grace
-        if now < due:
-            return Step(wake=due)
         step = Step()
-        if self._announced != need:
+        if self._announced != need:  # said at once, on every node (their views agree)
             self._announced = need
             step.lines.append(plan.need_line(first))
-        if first.node_id == self.node_id and not someone_moving:
+        due = self._since + self.grace
+        if now < due:
+            step.wake = due
+        elif first.node_id == self.node_id and not someone_moving:
             step.move = first
         return step
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import timing
-from .protocol import Message, format_ts_seconds, parse_ts, ProtocolError
+from .protocol import Message, format_ts, format_ts_seconds, parse_ts, ProtocolError
 
 LOG = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Member:
     def to_json(self, wall_offset: float = 0.0) -> dict:
         """peers.json's entry; wall_offset turns the steady last_seen into wall time."""
         def stamp(value: float | None) -> str | None:
-            return format_ts_seconds(value) if value is not None else None
+            return format_ts(value) if value is not None else None
         return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.ip,
                 "role": self.role, "status": "alive",
                 "last_seen": format_ts_seconds(self.last_seen + wall_offset),
@@ -71,16 +71,14 @@ class Member:
 def view_entry(node_id: str, hostname: str, ip: str, role: str, capabilities: dict, load: Any,
                capacity: Any, health: str, joined_at: float | None, role_since: float | None,
                started: float | None, rebalance: bool, state: str) -> dict:
-    """One member as policies and healing plans see it.  Times are whole seconds since the
-    epoch (as peers.json keeps them), so a plan made from the agent's memory and one made from
-    peers.json (the advisor, `hive plan`) are the same plan.  ``member_since`` is when it took
-    its role or came back to the hive, the later."""
-    def whole(value: float | None) -> float | None:
-        return float(int(value)) if value is not None else None
-    since = [whole(t) for t in (role_since, started) if t is not None]
+    """One member as policies and healing plans see it.  Times are seconds since the epoch, as
+    the member stamped them (peers.json keeps them to the microsecond), so a plan made from the
+    agent's memory and one made from peers.json (the advisor, `hive plan`) are the same plan.
+    ``member_since`` is when it took its role or came back to the hive, the later."""
+    since = [t for t in (role_since, started) if t is not None]
     return {"node_id": node_id, "hostname": hostname, "ip": ip, "role": role,
             "capabilities": dict(capabilities or {}), "load": load, "capacity": capacity,
-            "health": health, "joined_at": whole(joined_at), "role_since": whole(role_since),
+            "health": health, "joined_at": joined_at, "role_since": role_since,
             "member_since": max(since, default=None), "rebalance": rebalance, "state": state}
 
 

@@ -231,6 +231,7 @@ def test_reload_build_agent_alone_then_hive_reset(rot, diagnose):
     assert after["assigned_at"] > before["assigned_at"]
     others = sorted(h.name for h in members if h is not asker)
     assert sorted(after["assigned_by"]) == others, (after, log)
+    wait_advisors_active([asker])  # restarted with the agent: it may settle before it is up
     for host in members:
         assert copy_of(host) == f"{newest}\n", host.name
 

@@ -118,13 +118,38 @@ def test_healer_waits_for_the_grace_and_for_other_movers():
     healer = Healer("me", grace=5.0)
     move = plans.Move("me", "build6", "runner", "controller", "youngest runner")
     plan = plans.Plan({"controller": 1}, {}, {"controller": 1}, {"runner": 1}, (move,))
-    assert healer.step(plan, 100.0, False).wake == 105.0
+    seen = healer.step(plan, 100.0, False)
+    assert seen.wake == 105.0 and len(seen.lines) == 1  # the need is logged once, at once
     assert healer.step(plan, 104.9, False).move is None
     first = healer.step(plan, 105.0, someone_moving=True)
-    assert first.move is None and len(first.lines) == 1  # the need is logged once
+    assert first.move is None and first.lines == []
     second = healer.step(plan, 106.0, someone_moving=False)
     assert second.move == move and second.lines == []
     healer.retry_later(106.5)
-    assert healer.step(plan, 107.0, False).move is None
+    assert healer.step(plan, 107.0, False).move is None  # (the need is said again)
     assert healer.step(plan, 111.5, False).move == move
     assert healer.step(None, 112.0, False).move is None  # calm again
+
+
+def test_of_two_movers_from_views_that_differed_the_higher_id_gives_way(make_agent, config,
+                                                                        clock, fake_sock,
+                                                                        caplog):
+    """Views may differ for a moment (a death not yet seen everywhere), so two members may each
+    believe they are the mover.  Both say 'moving'; the one with the higher node id gives way,
+    stays what it was, and waits another grace period (by then the views agree)."""
+    agent = _runner_in_a_hive_without_controller(make_agent, config, clock, caplog)
+    run_until(agent, clock, T0 + 2.05)
+    assert agent.phase == "move"
+    deliver(agent, "STATUS", "dddd-5", "build5", "10.9.0.15", clock.now + 0.01, role="runner",
+            state="moving", interval=1.0)  # build5 ("dddd-5" < "ffff-6") moves too
+    step(agent, clock, clock.now + 0.02)
+    assert agent.phase == "operate" and agent.role == "runner"
+    assert "build5 is moving too; giving way" in caplog.text
+    assert [m.get("state") for m, _ in sent(fake_sock, "STATUS")][-1] == "active"
+    # While build5 says it is moving, nobody else starts a move.
+    fake_sock.clear()
+    for k in range(1, 4):
+        deliver(agent, "STATUS", "dddd-5", "build5", "10.9.0.15", clock.now + 0.5,
+                role="runner", state="moving", interval=1.0)
+        run_until(agent, clock, clock.now + 0.5)
+    assert not sent(fake_sock, "IDENTIFY")
