@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHAOS = REPO / "scripts" / "hive-chaos"
-SEED = int(os.environ.get("HIVE_CHAOS_SEED", "2026"))
+SEED = int(os.environ.get("HIVE_CHAOS_SEED", "17"))  # its ideal hive needs 7 moves
 # Our own lab names and /24s per test run, so a run by hand (labs chaos/heal, 10.76.0-1) is left alone.
 LAB = f"cq{os.getpid() % 100000}"
 SUBNET = f"10.76.{10 + os.getpid() % 200}"
@@ -116,7 +116,7 @@ def test_the_chaos_lab_is_torn_down(chaos_run):
 
 def test_heal_time_a_new_controller_reaches_every_member(tmp_path):
     out = tmp_path / "heal.json"
-    data, proc = _run(["heal-time", "--hosts", "5", "--rounds", "2", "--heartbeats", "1",
+    data, proc = _run(["heal-time", "--hosts", "6", "--rounds", "2", "--heartbeats", "1",
                        "--lab", HEAL_LAB, "--subnet", HEAL_SUBNET], out, 300)
     assert data["meta"]["complete"], data["meta"]["error"]
     [series] = data["results"]["series"]

@@ -9,6 +9,7 @@ for a quiet period.  Every wait is bounded.
 
 from __future__ import annotations
 
+import calendar
 import signal
 import statistics
 import time
@@ -111,18 +112,51 @@ def fmt_counts(counts: dict) -> str:
 
 
 # --- heal time: kill -9 the controller, until a new one is everywhere ------------------------------
+def role_since(identity: dict | None) -> float | None:
+    """When a member took its role (changed_at, else assigned_at), as the plan's cool-down
+    counts it; seconds since the epoch."""
+    if not isinstance(identity, dict):
+        return None
+    text = identity.get("changed_at") or identity.get("assigned_at")
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    except (TypeError, ValueError):
+        return None
+
+
+def wait_mover_free(lab: Lab, indices: list[int], role: str, cooldown: float,
+                    timeout: float) -> float:
+    """Wait until some live member holding ``role`` took it at least ``cooldown`` s ago (it may
+    move: the plan's cool-down does not hold it), at most ``timeout`` s.  So a heal time
+    measures detection, grace and consensus, not a cool-down left over from the last round.
+    Returns the seconds waited."""
+    start = time.monotonic()
+    margin = 1.5  # the stamps are whole seconds
+    while time.monotonic() - start < timeout:
+        ages = [time.time() - since for h in indices if lab.hosts[h].running("agent")
+                for identity in [read_json(lab.hosts[h].state / "identity.json")]
+                if isinstance(identity, dict) and identity.get("role") == role
+                for since in [role_since(identity)] if since is not None]
+        if any(age >= cooldown + margin for age in ages):
+            break
+        time.sleep(0.1)
+    return round(time.monotonic() - start, 2)
+
+
 def heal_round(lab: Lab, hosts: list[Host], suggest, timeout: float,
-               quiet: float) -> dict:
+               quiet: float, cooldown: float = 0.0) -> dict:
     """Kill -9 the hive's controller; seconds until a new controller's identity.json is written
     (the mover), until every live member's peers.json lists it as controller, and, after the
-    old controller is started again, until the hive has settled back at the table."""
+    old controller is started again, until the hive has settled back at the table.  First,
+    wait until a runner is out of its ``cooldown`` (see wait_mover_free)."""
     views = FileViews(lab)
     indices = [h.index for h in hosts]
+    waited = wait_mover_free(lab, indices, "runner", cooldown, cooldown + 10) if cooldown else 0.0
     before = {h: views.role(h) for h in indices}
     controllers = [h for h in indices if before[h] == "controller" and lab.hosts[h].running("agent")]
     out: dict = {"victim": None, "mover": None, "gone_s": None, "mover_identity_s": None,
                  "everywhere_s": None, "return_settled_s": None, "moves": None,
-                 "stepped_down": None, "error": None}
+                 "stepped_down": None, "cooldown_wait_s": waited, "error": None}
     if len(controllers) != 1:
         out["error"] = f"{len(controllers)} controller(s) before the kill: {fmt_counts(chaos.role_counts(before.values()))}"
         return out
