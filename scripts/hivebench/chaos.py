@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -61,7 +62,7 @@ def schedule(seed: int, hosts: Sequence[int], duration: float, max_down: int,
     down: list[int] = []
     events: list[Event] = []
     t = rng.uniform(*gap)
-    while t < duration:
+    while round(t, 3) < duration:
         up = [h for h in hosts if h not in down]
         possible = {}
         if len(down) < max_down and len(up) > 2 and weights.get("kill", 0) > 0:
@@ -267,3 +268,59 @@ def moves_from_log(text: str) -> LogMoves:
     if pending is not None:
         out.unfinished.append(pending)
     return out
+
+
+# --- deaths the agents declared, and which of them were false ----------------------------------
+DEAD = re.compile(r"Peer (\S+) \([^)]*\) is dead")
+
+
+def log_epoch(stamp: str) -> float | None:
+    """A log line's 'YYYY-MM-DD HH:MM:SS,mmm' (local time, as the daemons log without
+    journald) as seconds since the epoch."""
+    try:
+        day, ms = stamp.split(",")
+        return time.mktime(time.strptime(day, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+    except (ValueError, OverflowError):
+        return None
+
+
+def deaths_from_log(text: str) -> list[tuple[float, str]]:
+    """(when, hostname) of every 'Peer X (...) is dead' line."""
+    out = []
+    for line in text.splitlines():
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        dead = DEAD.search(match.group(2))
+        when = log_epoch(match.group(1)) if dead else None
+        if dead and when is not None:
+            out.append((when, dead.group(1)))
+    return out
+
+
+def down_windows(events: Iterable[tuple[float, Event]], names: dict[int, str], heartbeat: float,
+                 end: float) -> dict[str, list[tuple[float, float]]]:
+    """When each host may rightly be declared dead, from (wall time, event) pairs: from a kill
+    until 3 heartbeats (+1 s) after it was started again, and for a graceful restart (whose
+    goodbye may be lost) from the stop until 3 heartbeats + 10 s after."""
+    windows: dict[str, list[tuple[float, float]]] = {}
+    killed: dict[int, float] = {}
+    late = 3 * heartbeat + 1.0
+    for wall, ev in events:
+        if ev.kind == "kill":
+            killed[ev.host] = wall
+        elif ev.kind == "start" and ev.host in killed:
+            windows.setdefault(names[ev.host], []).append((killed.pop(ev.host), wall + late))
+        elif ev.kind == "restart":
+            windows.setdefault(names[ev.host], []).append((wall, wall + late + 9.0))
+    for host, since in killed.items():
+        windows.setdefault(names[host], []).append((since, end + late))
+    return windows
+
+
+def false_deaths(deaths: Iterable[tuple[float, str]],
+                 windows: dict[str, list[tuple[float, float]]]) -> list[tuple[float, str]]:
+    """The deaths declared while the host was up (outside its down windows): heartbeats lost
+    or late, not a crash."""
+    return [(t, name) for t, name in deaths
+            if not any(a <= t <= b for a, b in windows.get(name, []))]

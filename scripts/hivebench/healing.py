@@ -1,10 +1,10 @@
 """Watching a lab hive heal: is it settled at the table's counts, and how long does a heal take.
 
-Used by scripts/hive-chaos (both modes).  A hive is *settled* for a set of live hosts when every
-live agent runs and has an identity, every live host's peers.json lists exactly the other live
-hosts, each with the role in that host's own identity.json, and the live hosts' role counts are
-the table's (``chaos.table_counts``); it has *settled* once that held, with no role changing,
-for a quiet period.  Every wait is bounded.
+Used by scripts/hive-chaos (both modes).  A set of live hosts has *settled* when every live
+agent runs and has an identity, their role counts are the table's (``chaos.table_counts``) and
+no role changed for a quiet period, in which every live host's peers.json listed exactly the
+other live hosts, each with the role in that host's own identity.json, at least once.  Every
+wait is bounded.
 """
 
 from __future__ import annotations
@@ -47,18 +47,22 @@ def member_views(lab: Lab, live: list[int], roles: dict[int, str | None]) -> lis
 
 
 def check(lab: Lab, live: list[int], views, suggest) -> dict:
-    """Whether the live hosts are settled at the table's counts (see the module's doc)."""
+    """Whether the live hosts have the table's counts (``roles_ok``: every agent runs and has
+    an identity, the counts are the table's) and whether their views agree (``views_ok``: each
+    peers.json lists exactly the other live hosts, with the roles in their identity.json)."""
     roles = {h: views.role(h) for h in live}
     counts = chaos.role_counts(roles.values())
     wanted = chaos.table_counts(member_views(lab, live, roles), suggest) \
         if all(roles.values()) else {}
-    why = ""
+    why = views_why = ""
     not_running = [lab.hosts[h].name for h in live if not lab.hosts[h].running("agent")]
     if not_running:
         why = "agent not running on " + ", ".join(not_running)
     elif not all(roles.values()):
         why = "no identity yet on " + ", ".join(lab.hosts[h].name for h in live if not roles[h])
-    else:
+    elif counts != wanted:
+        why = f"roles {fmt_counts(counts)}, the table wants {fmt_counts(wanted)}"
+    if not not_running and all(roles.values()):
         names = {lab.hosts[h].name: roles[h] for h in live}
         for h in live:
             seen = views.peers_roles(h)
@@ -67,41 +71,53 @@ def check(lab: Lab, live: list[int], views, suggest) -> dict:
                 extra = sorted(set(seen or {}) - set(expect))
                 lacking = sorted(set(expect) - set(seen or {}))
                 wrong = sorted(n for n in set(expect) & set(seen or {}) if seen[n] != expect[n])
-                why = (f"{lab.hosts[h].name}'s peers.json: "
-                       + "; ".join(x for x in (
-                           f"still lists {', '.join(extra)}" if extra else "",
-                           f"lacks {', '.join(lacking)}" if lacking else "",
-                           f"old roles for {', '.join(wrong)}" if wrong else "",
-                           "not read yet" if seen is None else "") if x))
+                views_why = (f"{lab.hosts[h].name}'s peers.json: "
+                             + "; ".join(x for x in (
+                                 f"still lists {', '.join(extra)}" if extra else "",
+                                 f"lacks {', '.join(lacking)}" if lacking else "",
+                                 f"old roles for {', '.join(wrong)}" if wrong else "",
+                                 "not read yet" if seen is None else "") if x))
                 break
-        if not why and counts != wanted:
-            why = f"roles {fmt_counts(counts)}, the table wants {fmt_counts(wanted)}"
-    return {"ok": not why, "why": why, "roles": roles, "counts": counts, "wanted": wanted}
+    else:
+        views_why = why
+    return {"roles_ok": not why, "views_ok": not views_why, "why": why, "views_why": views_why,
+            "roles": roles, "counts": counts, "wanted": wanted}
 
 
 def wait_settled(lab: Lab, live: list[int], views, suggest, quiet: float, timeout: float,
                  poll: float = 0.1, tick=None) -> dict:
-    """Wait (at most ``timeout`` s) until the live hosts are settled and stay so, with no role
-    changing, for ``quiet`` s.  ``seconds``: from the call to the start of that quiet period."""
+    """Wait (at most ``timeout`` s) until the live hosts have the table's counts with no role
+    changing for ``quiet`` s, and every view (peers.json) agreed with them at least once in that
+    time.  (Views must not have to agree for the whole quiet period: under datagram loss a
+    member may drop a live peer for one heartbeat.)  ``seconds``: from the call to the last
+    role change (the start of the quiet period); ``views_agreed_s``: to the first agreement."""
     start = time.monotonic()
-    ok_since = None
-    last = None
+    stable_since = agreed_at = None
+    last_roles = None
     while True:
         now = time.monotonic()
         state = check(lab, live, views, suggest)
-        if state["ok"]:
-            if ok_since is None or (last is not None and state["roles"] != last["roles"]):
-                ok_since = now
-            if now - ok_since >= quiet:
-                return {"settled": True, "seconds": round(ok_since - start, 2),
+        if state["roles_ok"]:
+            if stable_since is None or state["roles"] != last_roles:
+                stable_since, agreed_at = now, None
+            if agreed_at is None and state["views_ok"]:
+                agreed_at = now
+            if now - stable_since >= quiet and agreed_at is not None:
+                return {"settled": True, "seconds": round(stable_since - start, 2),
+                        "views_agreed_s": round(agreed_at - start, 2),
                         "counts": state["counts"], "wanted": state["wanted"], "why": ""}
         else:
-            ok_since = None
-        last = state
+            stable_since = agreed_at = None
+        last_roles = state["roles"]
         if now - start >= timeout:
-            return {"settled": False, "seconds": None, "counts": state["counts"],
-                    "wanted": state["wanted"],
-                    "why": state["why"] or f"not quiet for {quiet:g} s (roles kept changing)"}
+            if not state["roles_ok"]:
+                why = state["why"]
+            elif agreed_at is None:
+                why = f"the views never agreed: {state['views_why']}"
+            else:
+                why = f"not quiet for {quiet:g} s (roles kept changing)"
+            return {"settled": False, "seconds": None, "views_agreed_s": None,
+                    "counts": state["counts"], "wanted": state["wanted"], "why": why}
         if tick is not None:
             tick()
         time.sleep(poll)
