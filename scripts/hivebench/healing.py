@@ -160,19 +160,24 @@ def wait_mover_free(lab: Lab, indices: list[int], role: str, cooldown: float,
 
 
 def heal_round(lab: Lab, hosts: list[Host], suggest, timeout: float,
-               quiet: float, cooldown: float = 0.0) -> dict:
+               quiet: float, cooldown: float = 0.0, phase: float = 0.0) -> dict:
     """Kill -9 the hive's controller; seconds until a new controller's identity.json is written
     (the mover), until every live member's peers.json lists it as controller, and, after the
     old controller is started again, until the hive has settled back at the table.  First,
-    wait until a runner is out of its ``cooldown`` (see wait_mover_free)."""
+    wait until a runner is out of its ``cooldown`` (see wait_mover_free), then ``phase`` s more
+    (the caller draws it at random within a heartbeat: a kill at a fixed time after the hive
+    settled would land at a fixed point of the victim's heartbeat cycle, and detection, 2 to 3
+    heartbeats after the last one, would always be measured at the same point of that range)."""
     views = FileViews(lab)
     indices = [h.index for h in hosts]
     waited = wait_mover_free(lab, indices, "runner", cooldown, cooldown + 10) if cooldown else 0.0
+    time.sleep(max(0.0, phase))
     before = {h: views.role(h) for h in indices}
     controllers = [h for h in indices if before[h] == "controller" and lab.hosts[h].running("agent")]
     out: dict = {"victim": None, "mover": None, "gone_s": None, "mover_identity_s": None,
                  "everywhere_s": None, "return_settled_s": None, "moves": None,
-                 "stepped_down": None, "cooldown_wait_s": waited, "error": None}
+                 "stepped_down": None, "cooldown_wait_s": waited, "phase_s": round(phase, 3),
+                 "error": None}
     if len(controllers) != 1:
         out["error"] = f"{len(controllers)} controller(s) before the kill: {fmt_counts(chaos.role_counts(before.values()))}"
         return out
