@@ -324,3 +324,33 @@ def false_deaths(deaths: Iterable[tuple[float, str]],
     or late, not a crash."""
     return [(t, name) for t, name in deaths
             if not any(a <= t <= b for a, b in windows.get(name, []))]
+
+
+def need_lines(text: str) -> list[tuple[float, str, str]]:
+    """(when, role needed, mover's hostname) of every 'Role check:' line of one agent's log."""
+    out = []
+    for line in text.splitlines():
+        match = LOG_LINE.match(line)
+        check = ROLE_CHECK.search(match.group(2)) if match else None
+        when = log_epoch(match.group(1)) if check else None
+        if check and when is not None:
+            out.append((when, check.group(1), check.group(4)))
+    return out
+
+
+def plan_agreement(moves: Iterable[dict], needs: dict[str, list[tuple[float, str, str]]],
+                   window: float) -> list[dict]:
+    """For each logged move (host, to, asked_at), how many nodes' logs named that host as the
+    mover for that role in the ``window`` s before it asked: every live node, when the hive's
+    views agreed; few, when one node acted on a view of its own."""
+    out = []
+    for move in moves:
+        asked = log_epoch(move["asked_at"])
+        if asked is None:
+            continue
+        nodes = sorted(node for node, lines in needs.items()
+                       if any(asked - window <= t <= asked + 0.5 and role == move["to"]
+                              and mover == move["host"] for t, role, mover in lines))
+        out.append({"host": move["host"], "to": move["to"], "asked_at": move["asked_at"],
+                    "nodes_naming_it": len(nodes)})
+    return out

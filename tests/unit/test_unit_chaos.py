@@ -230,3 +230,14 @@ def test_false_deaths_are_those_outside_a_hosts_down_windows():
     events.append((t0 + 1, Event(0, "start", 14)))
     windows = chaos.down_windows(events, {14: "build14", 7: "build7"}, 1.0, t0 + 10)
     assert chaos.false_deaths(deaths, windows) == [deaths[0]]
+
+
+def test_plan_agreement_counts_the_nodes_that_named_the_mover():
+    needs = {"build1": chaos.need_lines(LOG), "build2": chaos.need_lines(LOG),
+             "build3": chaos.need_lines(LOG.replace("build6 moves", "build5 moves"))}
+    assert needs["build1"] == [(chaos.log_epoch("2026-11-27 11:16:00,000"), "controller", "build6")]
+    [move] = chaos.moves_from_log(LOG).moves
+    [agreed] = chaos.plan_agreement([{**move, "host": "build6"}], needs, window=8)
+    assert agreed["nodes_naming_it"] == 2  # build3's view named another mover
+    [late] = chaos.plan_agreement([{**move, "host": "build6"}], needs, window=0.0001)
+    assert late["nodes_naming_it"] == 0
