@@ -348,6 +348,27 @@ class Lab:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def take_lock(lab_name: str):
+    """An exclusive lock per lab name, shared by hive-bench and hive-chaos (a second run on the
+    same lab would clean up the first one's lab).  Held while the returned file stays open;
+    LabError names the process that holds it."""
+    import fcntl
+    os.makedirs("/run/lock", exist_ok=True)
+    handle = open(f"/run/lock/hive-bench-{lab_name}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise LabError(f"another run (pid {holder}) is using lab '{lab_name}'; wait for it, "
+                       f"or pass another --lab and --subnet") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def cleanup_namespaces(lab_name: str) -> int:
     """Kill (by PID) whatever still runs in this lab's namespaces, e.g. after a crashed run."""
     pattern = re.compile(rf"^{re.escape(lab_name)}-h\d+$")
