@@ -6,11 +6,11 @@ import logging
 import os
 import stat
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import timing
-from .protocol import DEFAULT_PORT
+from .protocol import DEFAULT_PORT, is_valid_role
 
 LOG = logging.getLogger(__name__)
 
@@ -23,6 +23,18 @@ SECRET_COPY_ENV = "HIVE_SECRET_COPY"
 
 class ConfigError(Exception):
     """A user error in configuration: the message is one line saying what to do."""
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """hive.toml's [tasks] table: build work handed out by the controller (build_agent/tasks.py)."""
+    enabled: bool = False  # off: this node neither runs tasks nor hands them out
+    roles: tuple[str, ...] = ()  # the roles of this node that run tasks; empty: any role
+    slots: int | None = None  # tasks run at once here; unset: the CPU count
+    timeout: float = timing.TASK_DEFAULT_TIMEOUT  # a task's time limit unless it sets its own
+    retries: int = 1  # how often a task whose worker vanished is re-queued, unless it says
+    memory_max_mb: int | None = None  # per task; unset: the RAM divided by the slots
+    work_dir: str = "/var/tmp/build-hive-tasks"  # where tasks run when systemd is not PID 1
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,10 @@ class Config:
     # move again; unset: REBALANCE_GRACE_INTERVALS / _COOLDOWN_INTERVALS heartbeat intervals.
     rebalance_grace: float | None = None
     rebalance_cooldown: float | None = None
+    # The agent's local control socket (root only; `hive task` talks to the running agent
+    # through it); empty: control.sock in state_dir.
+    control_socket: str = ""
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     @property
     def grace(self) -> float:
@@ -65,6 +81,10 @@ class Config:
     @property
     def node_id_path(self) -> Path:
         return Path(self.state_dir) / "node_id"
+
+    @property
+    def control_path(self) -> Path:
+        return Path(self.control_socket or Path(self.state_dir) / "control.sock")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -99,7 +119,49 @@ def _check(name: str, value: object) -> object:
         raise bad("a string")
     elif name in ("secret_file", "state_dir") and not value.startswith("/"):
         raise bad("an absolute path")
+    elif name == "control_socket" and value and (not value.startswith("/") or len(value) > 100):
+        raise bad("an absolute path of at most 100 characters")
     return value
+
+
+def _check_tasks(name: str, value: object) -> object:
+    """Validate one key of the [tasks] table."""
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"config key '{name}' in [tasks] must be {expected}, got {value!r}")
+
+    def integer(low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise bad(f"an integer from {low} to {high}")
+        return value
+
+    if name == "enabled":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if name == "roles":
+        if not isinstance(value, list) or not all(is_valid_role(r) for r in value):
+            raise bad('a list of role names, e.g. ["builder", "runner"]')
+        return tuple(value)
+    if name == "slots":
+        return integer(1, 1024)
+    if name == "retries":
+        return integer(0, 10)
+    if name == "memory_max_mb":
+        return integer(16, 16 * 1024 * 1024)
+    if name == "timeout":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 1 <= value <= timing.TASK_MAX_TIMEOUT:
+            raise bad(f"a number of seconds from 1 to {timing.TASK_MAX_TIMEOUT:.0f}")
+        return float(value)
+    if name == "work_dir":
+        if not isinstance(value, str) or not value.startswith("/") or value.rstrip("/") == "":
+            raise bad("an absolute path (not /)")
+        return value
+    raise AssertionError(name)  # load_config checks the names first
+
+
+# Tables of hive.toml: name -> (dataclass, checker of one key).
+TABLES = {"tasks": (TasksConfig, _check_tasks)}
 
 
 def load_config(path: str | None) -> Config:
@@ -122,8 +184,27 @@ def load_config(path: str | None) -> Config:
     if unknown:
         raise ConfigError(f"unknown key(s) in {path}: {', '.join(unknown)} "
                           f"(known: {', '.join(sorted(known))})")
-    values = {name: _check(name, value) for name, value in raw.items()}
+    values = {}
+    for name, value in raw.items():
+        if name in TABLES:
+            values[name] = _load_table(path, name, value)
+        else:
+            values[name] = _check(name, value)
     return Config(**values)
+
+
+def _load_table(path: str, name: str, raw: object) -> object:
+    """One [table] of hive.toml: its dataclass, every key checked, unknown keys an error."""
+    kind, check = TABLES[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{name}' in {path} must be a table: write [{name}] on a line of its "
+                          f"own, then its keys")
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{name}] of {path}: {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
+    return kind(**{key: check(key, value) for key, value in raw.items()})
 
 
 def secret_path(config: Config) -> str:
