@@ -6,8 +6,9 @@ import logging
 import os
 import sys
 
-from . import daemon, state, timing
+from . import control, daemon, state, timing
 from .agent import Agent
+from .config import ConfigError
 from .netif import open_broadcast_sockets, open_unicast_socket
 
 LOG = logging.getLogger("build_agent")
@@ -22,6 +23,10 @@ def build(config, secrets, iface):
     agent = Agent(config, secrets, iface, node_id, hostname,
                   desired_roles=_desired_roles(config))
     agent.attach(broadcast_socks, unicast_sock)
+    try:
+        agent.open_control()
+    except control.ControlError as exc:
+        raise ConfigError(str(exc)) from None
     LOG.info("build-agent %s on %s (node %s), port %d", agent.hostname, iface.address, node_id,
              config.port)
     return agent, [*broadcast_socks, unicast_sock]
