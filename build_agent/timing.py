@@ -86,7 +86,7 @@ TASK_SEND_LIMIT = 40
 # unanswered probes (TASK_SUSPECT_PROBES once it left the membership).
 TASK_PROBE_INTERVAL = 30.0
 TASK_PROBE_LIMIT = 6
-TASK_SUSPECT_PROBES = 4
+TASK_SUSPECT_PROBES = 6
 # A worker that answered "busy" (all slots taken) gets no task for this long.
 TASK_BUSY_BACKOFF = 1.0
 # A task killed at its time limit (child process: SIGTERM to its process group) gets this long
