@@ -197,6 +197,10 @@ install_code() {
     tar -C "$SRC" --exclude='__pycache__' --exclude='*.pyc' --no-same-owner -cf - \
         build_agent build_advisor | tar -C "$staging" --no-same-owner -xf -
     install -m 0755 "$SRC/scripts/bootstrap.sh" "$staging/bootstrap.sh"
+    if [ -f "$SRC/examples/role.d/50-ci-agent" ]; then  # an example, not active: see README
+        install -d -m 0755 "$staging/examples/role.d"
+        install -m 0644 "$SRC/examples/role.d/50-ci-agent" "$staging/examples/role.d/50-ci-agent"
+    fi
     [ ! -f "$SRC/README.md" ] || install -m 0644 "$SRC/README.md" "$staging/README.md"
     release_version > "$staging/VERSION"
     chmod -R u=rwX,go=rX "$staging"
@@ -262,9 +266,21 @@ write_default_config() {
 
 # debug, info, warning or error.
 #log_level = "info"
+
+# Executables run (run-parts order) whenever this node's role changes, with HIVE_ROLE,
+# HIVE_PREVIOUS_ROLE and HIVE_IDENTITY set: see "Role hooks" in /opt/build-agent/README.md and
+# the example in /opt/build-agent/examples/role.d/.  Root's alone, like the policy.
+#role_hooks_dir = "/etc/build/role.d"
 TOML
     chmod 0644 "$tmp"
     mv -f "$tmp" "$CONFIG"
+}
+
+# The default folder for role hooks, empty: hooks are the user's to add.
+ensure_hooks_dir() {
+    if [ ! -e "$CONF_DIR/role.d" ] && [ ! -L "$CONF_DIR/role.d" ]; then
+        install -d -m 0755 -o root -g root "$CONF_DIR/role.d"
+    fi
 }
 
 ensure_config() {
@@ -278,7 +294,8 @@ ensure_config() {
 }
 
 # With the code about to be installed: the errors the daemons would give.  The policy runs here
-# as root, so load_policy refuses it (before a line of it runs) unless it is root's alone.
+# as root, so load_policy refuses it (before a line of it runs) unless it is root's alone; a
+# role hooks folder that is not root's alone is refused too (the agent would run none of it).
 # -P: the current directory is not on sys.path (a build_agent/ there must not shadow ours).
 check_config() {
     local problem
@@ -286,6 +303,7 @@ check_config() {
 import os, stat, sys
 from build_agent.config import ConfigError, load_config
 from build_advisor.policy import PolicyError, load_policy
+from build_agent.hooks import find_hooks
 try:
     config = load_config(sys.argv[1])
     if config.policy and os.path.isfile(config.policy) \
@@ -293,6 +311,9 @@ try:
         sys.exit(f"policy {config.policy} must be readable by everyone (build-advisor is an "
                  f"unprivileged user): run 'chmod 0644 {config.policy}'")
     load_policy(config.policy)
+    _hooks, problem = find_hooks(config.role_hooks_dir)
+    if problem:
+        sys.exit(problem)
 except (ConfigError, PolicyError) as exc:
     sys.exit(str(exc))
 PY
@@ -478,6 +499,7 @@ do_install() {
     check_python
     ensure_secret
     ensure_config
+    ensure_hooks_dir
     check_config
     install_code
     install_units

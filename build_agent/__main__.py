@@ -9,6 +9,7 @@ import sys
 from . import control, daemon, state, timing
 from .agent import Agent
 from .config import ConfigError
+from .offloop import OffLoop
 from .netif import open_broadcast_sockets, open_unicast_socket
 
 LOG = logging.getLogger("build_agent")
@@ -35,12 +36,10 @@ def build(config, secrets, iface):
 def _desired_roles(config):
     """What the hive wants, for healing: from the same policy file as the advisor (checked and
     loaded the same way); a user's policy runs with a deadline, off the agent's loop."""
-    from build_advisor.policy import default_suggest_role, desired_roles_of, load_policy, \
-        with_deadline
+    from build_advisor.policy import default_suggest_role, desired_roles_of, load_policy
     policy = load_policy(config.policy)
     desired = desired_roles_of(policy)
-    return desired if policy is default_suggest_role else \
-        with_deadline(desired, timing.POLICY_TIMEOUT)
+    return desired if policy is default_suggest_role else OffLoop(desired, timing.POLICY_TIMEOUT)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,8 @@ class Config:
     # move again; unset: REBALANCE_GRACE_INTERVALS / _COOLDOWN_INTERVALS heartbeat intervals.
     rebalance_grace: float | None = None
     rebalance_cooldown: float | None = None
+    # Executables run (run-parts order) when this node's role changes; a missing folder: none.
+    role_hooks_dir: str = "/etc/build/role.d"
     # The agent's local control socket (root only; `hive task` talks to the running agent
     # through it); empty: control.sock in state_dir.
     control_socket: str = ""
@@ -117,7 +119,7 @@ def _check(name: str, value: object) -> object:
             raise bad("a network interface name (at most 15 characters)")
     elif not isinstance(value, str):
         raise bad("a string")
-    elif name in ("secret_file", "state_dir") and not value.startswith("/"):
+    elif name in ("secret_file", "state_dir", "role_hooks_dir") and not value.startswith("/"):
         raise bad("an absolute path")
     elif name == "control_socket" and value and (not value.startswith("/") or len(value) > 100):
         raise bad("an absolute path of at most 100 characters")

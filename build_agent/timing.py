@@ -49,6 +49,11 @@ PROVISION_POLL = 1.0
 PROVISION_UNIT_POLL = 2.0
 SYSTEMCTL_TIMEOUT = 30.0
 
+# Role hooks (/etc/build/role.d): each hook may run this long, then it and its process group are
+# killed (SIGKILL); while hooks run, the agent looks at their worker this often.
+ROLE_HOOK_TIMEOUT = 300.0
+ROLE_HOOK_POLL = 1.0
+
 # Rejected datagrams are logged (debug) at most once per this period, with a count.
 REJECT_LOG_PERIOD = 60.0
 
@@ -63,6 +68,8 @@ VIEW_SYNC_TIMEOUT = 0.3
 # the default policy answers: well under ADVICE_TIMEOUT, so the advice arrives in time even for
 # an IDENTIFY first heard at the asker's last retry (IDENTIFY_SCHEDULE[-1] = 1.2 s).
 POLICY_TIMEOUT = 1.0
+# The agent runs a user's desired_roles off its loop and looks for the answer this often.
+POLICY_POLL = 0.1
 # Healing: a member that announced a move ('moving') and said nothing more about it for this
 # long is no longer waited for (a move takes at most ADVICE_TIMEOUT plus a moment).
 MOVE_TIMEOUT = 10.0

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent.parent
-SCRIPTS = ["install.sh", "scripts/bootstrap.sh", "scripts/make-release"]
+SCRIPTS = ["install.sh", "scripts/bootstrap.sh", "scripts/make-release",
+           "examples/role.d/50-ci-agent"]
 
 
 def make_release(out: Path) -> Path:
@@ -36,11 +37,11 @@ def test_tarball_holds_what_install_sh_needs_and_is_reproducible(tmp_path):
     for needed in ("install.sh", "VERSION", "build_agent/__main__.py", "build_agent/cli.py",
                    "build_advisor/__main__.py", "build_advisor/policies/role_balance.py",
                    "systemd/build-agent.service", "systemd/build-advisor.service",
-                   "scripts/bootstrap.sh", "scripts/cloud-init.yaml"):
+                   "scripts/bootstrap.sh", "scripts/cloud-init.yaml", "examples/role.d/50-ci-agent"):
         assert f"{top}/{needed}" in members, needed
     assert all(name == top or name.startswith(top + "/") for name in members)
     assert not [n for n in members if "__pycache__" in n or n.endswith(".pyc")]
-    for script in ("install.sh", "scripts/bootstrap.sh"):
+    for script in ("install.sh", "scripts/bootstrap.sh", "examples/role.d/50-ci-agent"):
         assert members[f"{top}/{script}"].mode & 0o111 == 0o111
     assert {(m.uid, m.gid) for m in members.values()} == {(0, 0)}
     sha = (tarball.parent / f"{tarball.name}.sha256").read_text().split()
