@@ -2,7 +2,8 @@
 
 Where systemd is PID 1 (a real host), ``UnitRunner`` starts it as a transient unit,
 ``hive-task-ID-N.service``, with ``systemd-run --wait``: a dynamic user (``DynamicUser=yes``),
-``RuntimeMaxSec=`` (its time limit), ``MemoryMax=``, a read-only system, private /tmp and
+``RuntimeMaxSec=`` (its time limit), ``MemoryMax=`` (and ``LimitDATA=``, which holds even
+without the cgroup memory controller), a read-only system, private /tmp and
 /var/tmp (its working directory, removed with the unit), no capabilities, and /etc/build and
 the agent's state invisible.  Elsewhere (the namespace lab, a container shell) ``ChildRunner``
 starts it as a child process in a session of its own, as uid 65534 (nobody), with the same
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,7 +196,7 @@ class ChildRunner:
         os.chown(workdir, NOBODY, NOBODY)
         out = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                       | os.O_NOFOLLOW, 0o600)
-        argv = [sys.executable, "-m", "build_agent.taskrun", "--uid", str(NOBODY),
+        argv = [sys.executable, "-S", "-m", "build_agent.taskrun", "--uid", str(NOBODY),
                 "--gid", str(NOBODY), "--parent", str(os.getpid()),
                 "--memory", str(self.memory),
                 "--cpu", str(int(run.timeout + timing.TASK_KILL_GRACE) + 1),
@@ -323,6 +325,8 @@ class UnitRunner:
                 f"--property=RuntimeMaxSec={timeout}",
                 f"--property=TimeoutStopSec={timing.TASK_KILL_GRACE:.0f}",
                 f"--property=MemoryMax={self.memory}",
+                # ... and per process, where the cgroup memory controller is not there
+                f"--property=LimitDATA={self.memory}", "--property=LimitCORE=0",
                 f"--property=StandardOutput=append:{output_path}",
                 "--property=StandardError=journal",
                 "--property=LogRateLimitIntervalSec=0",
@@ -333,7 +337,7 @@ class UnitRunner:
         env = _clean_env(run, "/var/tmp/work")
         env.update(PYTHONPATH=CODE_DIR, PYTHONDONTWRITEBYTECODE="1")
         argv += [f"--setenv={key}={value}" for key, value in sorted(env.items())]
-        argv += ["--", sys.executable, "-m", "build_agent.taskrun", "--tee",
+        argv += ["--", sys.executable, "-S", "-m", "build_agent.taskrun", "--tee",
                  "--workdir", "/var/tmp/work"]
         if run.repo:
             argv += ["--repo", run.repo]
@@ -406,6 +410,9 @@ class UnitRunner:
                       timeout=timing.SYSTEMCTL_TIMEOUT, check=False)
 
 
+_TERMINATED_RE = re.compile(r"code=(\w+)[/, ]+status=(\d+)")
+
+
 def unit_outcome(text: str, rc: int, handle: _Handle):
     """(outcome, rc, signal, error) from what systemd-run --wait printed and its status."""
     result, code, status = None, None, None
@@ -413,15 +420,10 @@ def unit_outcome(text: str, rc: int, handle: _Handle):
         if line.startswith("Finished with result: "):
             result = line.split(": ", 1)[1].strip()
         elif line.startswith("Main processes terminated with: "):
-            for part in line.split(": ", 1)[1].split(", "):
-                key, _, value = part.partition("=")
-                if key == "code":
-                    code = value
-                elif key == "status":
-                    try:
-                        status = int(value.split("/")[0])
-                    except ValueError:
-                        status = None
+            # "code=exited, status=3/NOTIMPLEMENTED" (257), "code=exited/status=3" (252)
+            found = _TERMINATED_RE.search(line)
+            if found:
+                code, status = found.group(1), int(found.group(2))
     if handle.cancelled:
         return ("cancelled", None, None, "cancelled")
     if result == "timeout":

@@ -141,6 +141,12 @@ SYSTEMD_RUN = {
     "exit3": ("Running as unit: hive-task-t-1.service\nFinished with result: exit-code\n"
               "Main processes terminated with: code=exited, status=3/NOTIMPLEMENTED\n", 3,
               ("exited", 3, None, None)),
+    "exit3-252": ("Running as unit: hive-task-t-1.service\nFinished with result: exit-code\n"
+                  "Main processes terminated with: code=exited/status=3\n", 3,
+                  ("exited", 3, None, None)),
+    "signal-252": ("Finished with result: signal\n"
+                   "Main processes terminated with: code=killed/status=9\n", 1,
+                   ("signal", None, 9, "killed by SIGKILL")),
     "timeout": ("Finished with result: timeout\n"
                 "Main processes terminated with: code=killed, status=15/TERM\n", 1,
                 ("timeout", None, None, "killed at its time limit (2 s)")),
