@@ -62,7 +62,10 @@ class TaskLab:
         box = {}
 
         def done():
-            box["tasks"] = self.tasks()
+            try:
+                box["tasks"] = self.tasks()
+            except control.ControlError:  # the controller's agent is (re)starting
+                return False
             return all(box["tasks"][i]["state"] in FINISHED for i in ids)
         self.lab.wait_for(done, timeout, "every task to finish", step=0.2)
         return box["tasks"]
@@ -191,6 +194,38 @@ def test_every_task_finishes_once_with_ten_percent_datagram_loss_everywhere(make
     assert dropped > 0
     print(f"10% loss on every host: 40 tasks finished once each in {took:.2f}s; "
           f"{dropped} datagrams dropped")
+
+
+def test_restarts_of_the_controller_and_of_a_worker_lose_no_task(make_lab):
+    lab = make_lab(heartbeat=1)
+    tl = TaskLab(lab, 4, slots=2)  # build3, build4: two slots each
+    quick = [tl.submit(tl.mark("quick"), role="builder") for _ in range(2)]
+    tl.wait_all(quick, 20)
+    slow = [tl.submit(tl.mark("slow", extra="sleep 3; "), role="builder") for _ in range(6)]
+    time.sleep(0.5)  # four run, two wait in the queue
+    assert sum(1 for t in tl.tasks().values() if t["state"] == "queued") == 2
+    lab.restart(2)  # the controller stops (SIGTERM) and starts again
+    tasks = tl.wait_all(quick + slow, 60)
+    assert {tasks[i]["state"] for i in quick + slow} == {"done"}
+    assert sorted(t for t, _ in tl.marks_of("quick")) == sorted(quick)
+    assert sorted(t for t, _ in tl.marks_of("slow")) == sorted(slow)  # each ran once
+    assert "Task queue loaded: 2 done, 4 running, 2 queued" in lab.log(2)
+
+    # a worker's agent restarts while its task runs: the task dies with it (it is the agent's
+    # child), the restarted agent reports the attempt lost, the task runs again
+    argv = ["sh", "-c", f'echo "$HIVE_TASK_ID $(hostname)" >> {tl.marks / "start"}; sleep 4; '
+                        f'echo "$HIVE_TASK_ID $(hostname)" >> {tl.marks / "end"}']
+    task_id = tl.submit(argv, role="builder")
+    lab.wait_for(lambda: tl.marks_of("start"), 10, "the task to start")
+    first = int(tl.marks_of("start")[0][1].removeprefix("build"))
+    lab.restart(first)
+    task = tl.wait_all([task_id], 40)[task_id]
+    assert task["state"] == "done"
+    assert [a["state"] for a in task["attempts"]] == ["lost", "ended"]
+    assert "restarted while it ran" in task["attempts"][0]["error"]
+    time.sleep(0.5)
+    assert [t for t, _ in tl.marks_of("end")] == [task_id]  # it finished once
+    assert len(tl.marks_of("start")) == 2
 
 
 def test_forged_replayed_and_non_controller_tasks_run_nothing(make_lab):

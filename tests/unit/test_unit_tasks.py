@@ -449,6 +449,12 @@ def test_the_queue_depth_is_in_the_controller_s_status_and_the_view(tmp_path, cl
     assert ctl.agent.policy_view(clock.now)["self"]["queue"] == 3
     worker = ctl.agent.membership.members["node-build3"]
     assert worker.capacity["task_slots"] == 2 and worker.capacity["tasks_running"] == 2
+    # ... and in peers.json, the view of the advisor's policies and `hive plan`
+    from build_agent.membership import view_from_peers
+    mine = view_from_peers(json.loads((tmp_path / "build2" / "peers.json").read_text()))
+    assert mine["self"]["queue"] == 3
+    theirs = view_from_peers(json.loads((tmp_path / "build3" / "peers.json").read_text()))
+    assert {p["hostname"]: p["queue"] for p in theirs["peers"]} == {"build2": 3}
 
 
 def test_a_node_that_is_not_the_controller_refuses_submissions(tmp_path, clock):
