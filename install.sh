@@ -271,6 +271,22 @@ write_default_config() {
 # HIVE_PREVIOUS_ROLE and HIVE_IDENTITY set: see "Role hooks" in /opt/build-agent/README.md and
 # the example in /opt/build-agent/examples/role.d/.  Root's alone, like the policy.
 #role_hooks_dir = "/etc/build/role.d"
+
+# The agent's control socket (root only), through which `hive task` talks to it; empty means
+# control.sock in state_dir.
+#control_socket = ""
+
+# Build work (`hive task run ...` on the controller): off unless enabled, on the controller and
+# on every node that should run tasks.  Tasks run as an unprivileged throw-away user with time
+# and memory limits and cannot read /etc/build or /var/lib/build.  Keep this table last: keys
+# written below a [table] line belong to it.
+#[tasks]
+#enabled = false
+#roles = []                 # the roles of this node that run tasks, e.g. ["builder", "runner"]; empty: any
+#slots = 4                  # tasks at once here (default: the CPU count)
+#timeout = 3600             # seconds, for tasks submitted here that set none
+#retries = 1                # re-queues of a task whose worker vanished
+#memory_max_mb = 4096       # per task (default: the RAM divided by the slots)
 TOML
     chmod 0644 "$tmp"
     mv -f "$tmp" "$CONFIG"
