@@ -249,8 +249,9 @@ class ChildRunner:
         handle.kill_at = now + timing.TASK_KILL_GRACE
 
     @staticmethod
-    def abandon(record: dict) -> None:
-        """After an agent restart: kill what is left of an attempt (if it is still that one)."""
+    def abandon(record: dict, key: str = "") -> None:
+        """After an agent restart: kill what is left of an attempt (if it is still that one;
+        one that the agent died starting died with it: PR_SET_PDEATHSIG)."""
         pid, start = record.get("pid"), record.get("start")
         if isinstance(pid, int) and pid > 1 and start is not None and _start_time(pid) == start:
             try:
@@ -344,9 +345,7 @@ class UnitRunner:
         return argv + ["--", *run.argv]
 
     def start(self, run, output_path: Path, now: float) -> _Handle:
-        # A unit of that name from an earlier life of this agent would block the name.
-        self._run(["systemctl", "reset-failed", self.unit_name(run)], capture_output=True,
-                  timeout=timing.SYSTEMCTL_TIMEOUT, check=False)
+        # (Each attempt has a unit name of its own, never used again, and --collect unloads it.)
         status = output_path.with_suffix(".unit")
         log = os.open(status, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
                       | os.O_NOFOLLOW, 0o600)
@@ -401,13 +400,14 @@ class UnitRunner:
         handle.cancelled = True
         self._stop(handle.unit)
 
-    def abandon(self, record: dict) -> None:
-        unit = record.get("unit")
+    def abandon(self, record: dict, key: str = "") -> None:
+        """After an agent restart: stop the attempt's unit (by its name, which the attempt's key
+        gives even when the agent died before recording it)."""
+        unit = record.get("unit") or (f"hive-task-{key}.service" if key else None)
         if isinstance(unit, str) and unit.startswith("hive-task-") and unit.endswith(".service"):
-            self._run(["systemctl", "stop", unit], capture_output=True,
+            self._run(["systemctl", "stop", "--no-block", unit], capture_output=True,
                       timeout=timing.SYSTEMCTL_TIMEOUT, check=False)
-            self._run(["systemctl", "reset-failed", unit], capture_output=True,
-                      timeout=timing.SYSTEMCTL_TIMEOUT, check=False)
+            LOG.info("Stopping %s, left running from before the restart", unit)
 
 
 _TERMINATED_RE = re.compile(r"code=(\w+)[/, ]+status=(\d+)")

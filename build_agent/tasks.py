@@ -809,7 +809,7 @@ class Worker:
             self.runs[(run.task_id, run.attempt)] = run
             if run.state == "running":
                 try:
-                    self.runner.abandon(run.handle or {})
+                    self.runner.abandon(run.handle or {}, run.key)
                 except Exception as exc:  # never keep the agent from starting
                     LOG.error("Could not stop what was left of task %s: %s", run.key, exc)
                 self._end(run, "lost", error=f"build-agent on {self.hostname} restarted while it "
@@ -895,6 +895,9 @@ class Worker:
                       f"'{sender.role}'" if sender is not None else "not a member of the hive")
             return []
         why = self.accepts(role)
+        # Not running tasks here (now): the controller's view is behind (a role changed, tasks
+        # turned off); it puts the task back in its queue for another worker ("busy").
+        answer = "busy" if why is not None else "refused"
         argv = message.get("argv")
         if why is None and argv is None and message.get("command"):
             try:
@@ -911,11 +914,11 @@ class Worker:
         if why is not None:
             self._say(f"refuse:{why}", logging.WARNING, "Refusing task %s from %s: %s",
                       task_id, message.hostname, why)
-            run.state, run.answer, run.error = "refused", "refused", why
+            run.state, run.answer, run.error = "refused", answer, why
             if self.cfg.enabled:
                 self._save(run)
                 self.runs[key] = run
-            return ack("refused", why)
+            return ack(answer, why)
         if self.running_count() >= self.slots:
             run.state, run.answer, run.error = "refused", "busy", "no free slot"
             self._save(run)
@@ -929,15 +932,16 @@ class Worker:
         _ensure_dir(self.out_dir)
         LOG.info("Running task %s attempt %d for %s: %s", run.task_id, run.attempt,
                  run.controller_host, _short(command_text(run.argv), 200))
+        # On disk before it starts: a restart in between must not run it a second time.
+        self.runs[(run.task_id, run.attempt)] = run
+        self._save(run)
         try:
             handle = self.runner.start(run, self.output_path(run), now)
         except Exception as exc:  # could not start it: that is its result
             LOG.error("Task %s attempt %d could not start: %s", run.task_id, run.attempt, exc)
-            self.runs[(run.task_id, run.attempt)] = run
             self._end(run, "error", error=f"could not start on {self.hostname}: {exc}")
             return
         run.handle = handle.record()
-        self.runs[(run.task_id, run.attempt)] = run
         self.handles[(run.task_id, run.attempt)] = handle
         self._save(run)
 

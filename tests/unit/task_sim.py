@@ -60,7 +60,7 @@ class FakeRunner:
     def cancel(self, handle: FakeHandle, now: float) -> None:
         handle.cancelled = True
 
-    def abandon(self, record: dict) -> None:
+    def abandon(self, record: dict, key: str = "") -> None:
         self.abandoned.append(record)
 
 

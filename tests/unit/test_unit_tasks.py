@@ -112,6 +112,22 @@ def test_bad_requests_get_one_clear_line_and_queue_nothing(controller, tmp_path,
     assert not (tmp_path / "queue").exists() or not list((tmp_path / "queue").iterdir())
 
 
+def test_a_worker_that_no_longer_runs_tasks_sends_the_task_back_to_the_queue(controller, clock):
+    """Its role changed (or tasks were turned off) after the controller's view: 'busy', and the
+    task goes to another worker, not failed."""
+    members = {"node-b1": member("b1", load=0.0), "node-b2": member("b2", load=2.0)}
+    task = controller.submit(["make"], role="builder", members=members.values())
+    outs, _ = controller.tick(0.0, members, True)
+    assert [o.fields["to"] for o in outs] == ["node-b1"]
+    nack = message("ACK", "node-b1", "b1", "10.9.0.2", clock.now, to="node-build2", of="TASK",
+                   task_id=task.id, attempt=1, state="busy",
+                   error="b1 runs tasks only as builder, and it is 'runner' now")
+    controller.on_ack(nack, 0.1)
+    assert task.state == "queued" and task.attempts[0].state == "busy"
+    outs, _ = controller.tick(0.2, members, True)
+    assert [(o.fields["to"], o.fields["attempt"]) for o in outs] == [("node-b2", 2)]
+
+
 # --- the queue on disk ------------------------------------------------------------------------------
 
 def test_the_queue_and_results_survive_a_controller_restart(tmp_path, clock):
@@ -214,8 +230,8 @@ def test_a_task_is_run_at_most_once_per_attempt_whatever_arrives_twice(tmp_path,
      "node-b1", []),
     ("from a stranger", BUILDER_TASKS, "builder", None, "node-b1", []),
     ("for another node", BUILDER_TASKS, "builder", CTL, "node-b9", []),
-    ("tasks off", TasksConfig(), "builder", CTL, "node-b1", [("ACK", "refused")]),
-    ("not its role", BUILDER_TASKS, "runner", CTL, "node-b1", [("ACK", "refused")]),
+    ("tasks off", TasksConfig(), "builder", CTL, "node-b1", [("ACK", "busy")]),
+    ("not its role", BUILDER_TASKS, "runner", CTL, "node-b1", [("ACK", "busy")]),
 ])
 def test_refused_tasks_run_nothing(tmp_path, clock, case, cfg, role, sender, to, expected):
     runner = FakeRunner("b1")
