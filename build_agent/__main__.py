@@ -9,8 +9,10 @@ import sys
 from . import control, daemon, state, timing
 from .agent import Agent
 from .config import ConfigError
+from .discovery import Discovery
+from .netif import (Listener, enable_multicast_sending, open_broadcast_sockets,
+                    open_multicast_socket, open_unicast_socket)
 from .offloop import OffLoop
-from .netif import open_broadcast_sockets, open_unicast_socket
 
 LOG = logging.getLogger("build_agent")
 
@@ -21,16 +23,33 @@ def build(config, secrets, iface):
     hostname = daemon.local_hostname()
     unicast_sock = open_unicast_socket(iface.address, config.port)
     broadcast_socks = open_broadcast_sockets(iface, config.port)
+    discovery = Discovery(config, iface, registry=_registry(config, node_id))
+    heard = discovery.note_channel
+    listeners = [Listener(sock, "broadcast", heard) for sock in broadcast_socks]
+    listeners.append(Listener(unicast_sock, "unicast", heard))
+    if "multicast" in config.discovery:
+        enable_multicast_sending(unicast_sock, iface, config.multicast_ttl)
+        listeners.append(Listener(open_multicast_socket(iface, config.multicast_group,
+                                                        config.port), "multicast", heard))
     agent = Agent(config, secrets, iface, node_id, hostname,
-                  desired_roles=_desired_roles(config))
+                  desired_roles=_desired_roles(config), discovery=discovery)
     agent.attach(broadcast_socks, unicast_sock)
     try:
         agent.open_control()
     except control.ControlError as exc:
         raise ConfigError(str(exc)) from None
-    LOG.info("build-agent %s on %s (node %s), port %d", agent.hostname, iface.address, node_id,
-             config.port)
-    return agent, [*broadcast_socks, unicast_sock]
+    LOG.info("build-agent %s on %s (node %s), port %d, discovery: %s", agent.hostname,
+             iface.address, node_id, config.port, ", ".join(config.discovery))
+    return agent, listeners
+
+
+def _registry(config, node_id):
+    """The etcd registration, with "etcd" in discovery."""
+    if "etcd" not in config.discovery:
+        return None
+    from .etcd import Registry
+    return Registry(config.etcd.endpoints, config.etcd.prefix, node_id,
+                    config.heartbeat_interval)
 
 
 def _desired_roles(config):

@@ -11,26 +11,35 @@ The agent is the glue between the hive and this machine:
 - provisioning (``provision.Provisioner``) installs the role's packages.
 It also answers HELLO with WELCOME, heartbeats (STATUS), resolves a node id shared by cloned
 machines, and says goodbye when it stops.
+
+Messages for everyone go where ``discovery.Discovery`` says: the group addresses of hive.toml's
+``discovery`` methods, and by unicast every node those do not reach (another subnet, a LAN
+without broadcast).  A WELCOME to a node that came by unicast lists the hive's addresses; an
+IDENTIFY that came by unicast is handed to the local advisor.  With etcd, the node keeps its
+record there (``etcd.Registry``) and the role it takes is guarded by an etcd transaction
+(``etcd.RoleGuard``, a guard of the state machine).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import time
 from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
-from . import control, hooks, plan as plans, provision, state, taskrun, tasks, timing
+from . import control, hooks, plan as plans, provision, readiness, state, taskrun, tasks, timing
 from .config import Config
 from .daemon import Service
+from .discovery import Discovery, welcome_addresses
 from .healing import Healer
 from .lifecycle import Lifecycle, Phase, Send, Settle
 from .offloop import OffLoop
 from .membership import Membership, view_entry
 from .netif import Interface
-from .protocol import Message, format_ts, format_ts_seconds, make_payload, parse_ts
+from .protocol import MAGIC, Message, format_ts, format_ts_seconds, make_payload, parse_ts
 
 LOG = logging.getLogger(__name__)
 
@@ -45,8 +54,11 @@ class Agent(Service):
                  clock: Callable[[], float] = time.time,
                  installer: Callable[[Sequence[str]], str | None] | None = None,
                  desired_roles: Callable[[dict], object] | None = None,
-                 task_runner=None) -> None:
+                 discovery: Discovery | None = None, task_runner=None) -> None:
         super().__init__(config, secrets, node_id, clock)
+        self.discovery = discovery if discovery is not None else Discovery(config, iface)
+        self.now = 0.0  # the loop's steady time of the current tick or datagram
+        self._discovery_started = False
         # The policy's desired roles for a view (None: this agent does not heal).
         self.desired_roles = desired_roles
         self.healer = Healer(node_id, config.grace)
@@ -76,9 +88,11 @@ class Agent(Service):
         self._identity_removed = False
         self.broadcast_sock = None
         self.unicast_sock = None
-        self.life = Lifecycle(node_id, self.membership, clock, self.capabilities)
+        self.life = Lifecycle(node_id, self.membership, clock, self.capabilities,
+                              guard=self._role_guard())
         self.next_heartbeat = 0.0
         self.peers_dirty = True
+        self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
 
     # --- wiring -----------------------------------------------------------------------------
     def attach(self, broadcast_sock, unicast_sock) -> None:
@@ -108,6 +122,7 @@ class Agent(Service):
             self._tasks_started = True
             self.tasks.start(now)
         self.identity = state.read_identity(self.config.identity_path)
+        self._start_discovery()
         self.life.start(now, self.role)
         if self.identity is not None:
             self._broadcast("HELLO", role=self.identity["role"], capabilities=self.capabilities,
@@ -145,11 +160,72 @@ class Agent(Service):
                             **fields)
 
     def _broadcast(self, kind: str, **fields) -> None:
-        self.send(self.unicast_sock, self._payload(kind, **fields),
-                  (self.iface.broadcast, self.config.port))
+        """To everyone: the group addresses of the discovery methods, and by unicast every node
+        they do not reach (a member on another subnet, one learned from a seed or etcd)."""
+        payload = self._payload(kind, **fields)
+        for address in self.discovery.targets(kind, self._known_ips(), self.now):
+            self.send(self.unicast_sock, payload, address)
 
     def _reply(self, kind: str, ip: str, **fields) -> None:
         self.send(self.unicast_sock, self._payload(kind, **fields), (ip, self.config.port))
+
+    # --- discovery beyond one broadcast domain (discovery, etcd) --------------------------------
+    def _known_ips(self) -> list[str]:
+        return [m.ip for m in self.membership.members.values()] + \
+            [j.ip for j in self.membership.joiners.values()]
+
+    def _hello_to(self, addresses: list[tuple[str, int]]) -> None:
+        """HELLO by unicast to addresses just learned (a WELCOME's list, a seed, etcd): their
+        WELCOME makes them known before discovery ends."""
+        if not addresses:
+            return
+        if self.identity is not None:
+            fields = dict(role=self.role, capabilities=self.capabilities,
+                          interval=self.config.heartbeat_interval)
+        else:
+            fields = dict(candidate_ip=None, joining_since=self.life.joining_since_text(),
+                          capabilities=self.capabilities)
+        payload = self._payload("HELLO", **fields)
+        for address in addresses:
+            self.send(self.unicast_sock, payload, address)
+
+    def _relay(self, message: Message, address: tuple[str, int]) -> None:
+        """Hand a message that reached our own address to the local advisor as it came (signed
+        by its sender: the advisor verifies it like any datagram)."""
+        data = json.dumps({"magic": MAGIC, "payload": message.payload, "sig": message.sig},
+                          separators=(",", ":")).encode()
+        try:
+            self.unicast_sock.sendto(data, address)
+        except OSError as exc:
+            LOG.debug("Cannot hand %s to the advisor: %s", message.kind, exc)
+
+    def _start_discovery(self) -> None:
+        """Seed names resolved and the etcd registration made (each bounded), once, before
+        the first HELLO."""
+        if self._discovery_started:
+            return
+        self._discovery_started = True
+        self.discovery.start()
+        if self.discovery.registry is not None:
+            self.discovery.registry.start(self._etcd_record(), joining=self.identity is None)
+
+    def _etcd_record(self, role: str | None = None) -> dict:
+        """This node's record in etcd (with ``role``, or the one it has)."""
+        return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.iface.address,
+                "port": self.config.port, "role": role if role is not None else self.role,
+                "joining_since": self.life.joining_since_text() if self.identity is None
+                else None}
+
+    def _role_guard(self):
+        registry = self.discovery.registry
+        if registry is None:
+            return None
+        from .etcd import RoleGuard
+
+        def in_view(node_id: str, role: str | None) -> bool:
+            member = self.membership.members.get(node_id)
+            return member is not None and role in (None, member.role)
+        return RoleGuard(registry, self._etcd_record, in_view, self._hello_to)
 
     def _heartbeat(self, state_name: str = "active") -> None:
         queue = {"queue": self.tasks.queue_depth()} if self.tasks.controller is not None else {}
@@ -160,19 +236,29 @@ class Agent(Service):
 
     # --- incoming ---------------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
+        self.now = now
+        self.discovery.heard(source_ip, now)
+        relay = self.discovery.relay_target(message.kind)
+        if relay is not None:
+            self._relay(message, relay)
         if self.membership.observe(message, source_ip, now):
             self.peers_dirty = self._plan_dirty = True
         if message.kind == "IDENTIFY":
             self.peers_dirty = True  # the advisor waits for peers.json to show it (requests)
         if message.kind == "HELLO":
             members = len(self.membership.established()) + (1 if self.identity else 0)
+            addresses = self.discovery.welcome_list(self._known_ips(), source_ip, now)
             self._reply("WELCOME", source_ip, to=message.node_id, role=self.role, members=members,
                         joining_since=None if self.identity else self.life.joining_since_text(),
-                        capabilities=self.capabilities, interval=self.config.heartbeat_interval)
+                        capabilities=self.capabilities, interval=self.config.heartbeat_interval,
+                        **({"addresses": addresses} if addresses is not None else {}))
         elif message.kind in ("TASK", "RESULT", "ACK", "CANCEL", "LOGS", "LOGDATA"):
             self._send_all(self.tasks.handle(message, source_ip, self.membership.members,
                                              self.node_id, self.role, now))
         else:
+            if message.kind == "WELCOME":
+                new = self.discovery.learn(welcome_addresses(message), now, self._known_ips())
+                self._hello_to([(ip, self.config.port) for ip in new])
             self.life.on_message(message)
 
     def own_id_heard(self, message: Message, now: float) -> None:
@@ -211,6 +297,7 @@ class Agent(Service):
 
     # --- time -------------------------------------------------------------------------------
     def tick(self, now: float) -> float:
+        self.now = now
         if self.membership.expire(now):
             self.peers_dirty = self._plan_dirty = True
         deadlines = [self.membership.next_deadline(), self._tick_life(now)]
@@ -222,6 +309,8 @@ class Agent(Service):
                 self._heartbeat(self.life.status_state)
                 self.next_heartbeat = now + self.config.heartbeat_interval
                 self.peers_dirty = True  # refresh last_seen once per interval
+                self._hello_to(self.discovery.seeds_due(
+                    [m.ip for m in self.membership.members.values()], now))
             deadlines.append(self.next_heartbeat)
             deadlines.append(self._tick_provisioning(now))
             outs, due = self.tasks.tick(now, self.membership.members, self.role)
@@ -229,8 +318,13 @@ class Agent(Service):
             deadlines.append(due)
         if self.control is not None:
             deadlines.append(self.control.tick(now))
+        if self.discovery.registry is not None and self._discovery_started:
+            self.discovery.registry.set_record(self._etcd_record(),
+                                               joining=self.identity is None)
         if self.peers_dirty:
             self._write_peers(now)
+        self.state_file.update(self.life.phase, self.identity, self.life.expected_advisors,
+                               len(self.life.advice))
         return min(deadlines)
 
     def _tick_life(self, now: float) -> float:
@@ -273,6 +367,12 @@ class Agent(Service):
                         "hostname": self.hostname}
         identity.update(provisioned=False, provision_error=None)
         state.write_json_atomic(self.config.identity_path, identity)
+        if identity["assigned_by"] == ["self"]:
+            LOG.info("Identity: %s", identity["role"])
+        else:
+            LOG.info("Consensus: I am a '%s'", identity["role"])
+            if identity["packages"]:
+                LOG.info("Packages: %s", ", ".join(identity["packages"]))
         self.identity = identity
         self._identity_removed = False
         self._plan_dirty = self.peers_dirty = True
@@ -428,8 +528,9 @@ class Agent(Service):
             "self": me,
             "plan": self.plan.to_json() if self.plan is not None and self.identity else None,
             "requests": self.membership.requests(),
-            "peers": [m.to_json(wall - now)
+            "peers": [{**m.to_json(wall - now), "reached": self.discovery.reached(m.ip, now)}
                       for m in self.membership.established(exclude=[self.node_id])],
+            "discovery": self.discovery.describe(now),
             "updated_at": format_ts_seconds(wall),
         }
         try:
@@ -447,3 +548,5 @@ class Agent(Service):
         LOG.info("Leaving the hive")
         for _ in range(2):  # a goodbye so peers drop us at once; twice in case one is lost
             self._heartbeat("leaving")
+        if self.discovery.registry is not None and self._discovery_started:
+            self.discovery.registry.stop()  # our etcd key goes with its lease, at once

@@ -25,6 +25,11 @@ Phases (``Phase``):
             answer from the hive's plan; consensus as for a join.  A lower-id member moving at
             the same moment makes us give way.
 A node that finds no established member and nobody joining ahead of it founds the hive.
+
+A ``guard`` (optional: etcd's role guard, build_agent.etcd.RoleGuard) wraps the consensus: it is
+asked before asking or founding (``begin``: it may hold us in wait a moment) and before a role
+is settled (``claim``): a claim it refuses means another node took a role meanwhile, so the
+advice may not have counted it: we ask again (a move ends, a founder discovers again).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import enum
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from . import consensus, timing
 from .membership import Membership, join_order_key
@@ -71,15 +76,25 @@ class Send:
 
 @dataclass(frozen=True)
 class Settle:
-    """The hive decided this node's role (``move``: a change of role, not a join)."""
+    """The hive decided this node's role (``move``: a change of role, not a join).  The agent
+    writes it, then logs it (`Consensus: ...`): a user who sees that line finds the file."""
     identity: dict
     move: bool = False
 
 
+class Guard(Protocol):
+    def begin(self, now: float, founding: bool = False, move: bool = False) -> float | None:
+        """Before asking (or founding, or moving): None to go on, or hold (wait) until then."""
+
+    def claim(self, role: str) -> bool:
+        """Before settling ``role``: False if the hive's answer is stale (ask again)."""
+
+
 class Lifecycle:
     def __init__(self, node_id: str, membership: Membership, clock: Callable[[], float],
-                 capabilities: dict) -> None:
+                 capabilities: dict, guard: Guard | None = None) -> None:
         self.node_id = node_id
+        self.guard = guard
         self.membership = membership
         self.clock = clock  # wall clock: joining_since is compared with other nodes' starts
         self.capabilities = capabilities
@@ -222,6 +237,10 @@ class Lifecycle:
                 self.phase = Phase.WAIT
             return min([now + timing.JOINING_KEEPALIVE] + [j.asking_until for j in asking])
         members = self.membership.established()
+        hold = self.guard.begin(now, founding=not members) if self.guard is not None else None
+        if hold is not None:
+            self.phase = Phase.WAIT
+            return hold
         if not members:
             self._found()
             return now
@@ -283,16 +302,19 @@ class Lifecycle:
         return self.phase_start
 
     def _found(self) -> None:
+        if self.guard is not None and not self.guard.claim("founder"):
+            self._begin_discovery(self._now)  # another node founded the hive just now: join it
+            return
         LOG.info("No peers found; this may be the first node (founder role).")
-        LOG.info("Identity: founder")
         self._settle({"role": "founder", "packages": [], "config": {}, "assigned_by": ["self"],
                       "reason": "no peers found", "votes": {}})
 
     def _decide(self) -> None:
         decision = consensus.decide(self.advice)
-        LOG.info("Consensus: I am a '%s'", decision.role)
-        if decision.packages:
-            LOG.info("Packages: %s", ", ".join(decision.packages))
+        if self.guard is not None and not self.guard.claim(decision.role):
+            self.phase, self.advice = Phase.WAIT, {}  # the advice did not count that node
+            self._status("joining")
+            return
         self._settle({"role": decision.role, "packages": decision.packages,
                       "config": decision.config, "assigned_by": decision.assigned_by,
                       "reason": decision.reason, "votes": decision.votes})
@@ -312,6 +334,8 @@ class Lifecycle:
         LOG.info("Asking peers for a new role (was '%s')...", self.role)
         self._begin_asking(now, Phase.MOVE,
                            len(self.membership.established(exclude=[self.node_id])))
+        if self.guard is not None:
+            self.guard.begin(now, move=True)
         self.outbox.append(Send("STATUS", {"state": "moving"}))
 
     def _tick_move(self, now: float) -> float:
@@ -349,9 +373,8 @@ class Lifecycle:
         if decision.role == self.role:
             LOG.info("The hive advised me to stay '%s'", self.role)
             return self._end_move()
-        LOG.info("Consensus: I am a '%s'", decision.role)
-        if decision.packages:
-            LOG.info("Packages: %s", ", ".join(decision.packages))
+        if self.guard is not None and not self.guard.claim(decision.role):
+            return self._end_move()
         self._settle({"role": decision.role, "packages": decision.packages,
                       "config": decision.config, "assigned_by": decision.assigned_by,
                       "reason": decision.reason, "votes": decision.votes,
