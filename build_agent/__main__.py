@@ -6,8 +6,9 @@ import logging
 import os
 import sys
 
-from . import daemon, state, timing
+from . import control, daemon, state, timing
 from .agent import Agent
+from .config import ConfigError
 from .discovery import Discovery
 from .netif import (Listener, enable_multicast_sending, open_broadcast_sockets,
                     open_multicast_socket, open_unicast_socket)
@@ -33,6 +34,10 @@ def build(config, secrets, iface):
     agent = Agent(config, secrets, iface, node_id, hostname,
                   desired_roles=_desired_roles(config), discovery=discovery)
     agent.attach(broadcast_socks, unicast_sock)
+    try:
+        agent.open_control()
+    except control.ControlError as exc:
+        raise ConfigError(str(exc)) from None
     LOG.info("build-agent %s on %s (node %s), port %d, discovery: %s", agent.hostname,
              iface.address, node_id, config.port, ", ".join(config.discovery))
     return agent, listeners

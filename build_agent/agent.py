@@ -30,7 +30,7 @@ import time
 from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
-from . import hooks, plan as plans, provision, readiness, state, timing
+from . import control, hooks, plan as plans, provision, readiness, state, taskrun, tasks, timing
 from .config import Config
 from .daemon import Service
 from .discovery import Discovery, welcome_addresses
@@ -54,7 +54,7 @@ class Agent(Service):
                  clock: Callable[[], float] = time.time,
                  installer: Callable[[Sequence[str]], str | None] | None = None,
                  desired_roles: Callable[[dict], object] | None = None,
-                 discovery: Discovery | None = None) -> None:
+                 discovery: Discovery | None = None, task_runner=None) -> None:
         super().__init__(config, secrets, node_id, clock)
         self.discovery = discovery if discovery is not None else Discovery(config, iface)
         self.now = 0.0  # the loop's steady time of the current tick or datagram
@@ -76,6 +76,12 @@ class Agent(Service):
         self.role_hooks = hooks.RoleHooks(config.role_hooks_dir, str(config.identity_path),
                                           clock=clock)
         self.membership = Membership(config.heartbeat_interval)
+        # Build work (tasks.py); `hive` commands reach us on the control socket (open_control).
+        slots = config.tasks.slots or self.capabilities.get("cpu_cores") or os.cpu_count() or 1
+        self.tasks = tasks.TaskNode(config, hostname, task_runner or taskrun.system_runner(
+            config, slots, self.watch, self.unwatch), clock, slots)
+        self._tasks_started = False
+        self.control: control.ControlServer | None = None
         self.identity: dict | None = None
         self.started_text = format_ts(clock())  # wall time this agent began using node_id
         self._clones_seen: set[str] = set()
@@ -92,7 +98,29 @@ class Agent(Service):
     def attach(self, broadcast_sock, unicast_sock) -> None:
         self.broadcast_sock, self.unicast_sock = broadcast_sock, unicast_sock
 
+    def open_control(self) -> None:
+        """The local control socket for `hive` commands (ControlError if it cannot be made)."""
+        self.control = control.ControlServer(self.config.control_path, self._control,
+                                             self.watch, self.unwatch, self.steady)
+        self.control.open()
+
+    def _control(self, request: dict, reply: control.Reply) -> dict | None:
+        op = request.get("op")
+        if op == "ping":
+            return {"node_id": self.node_id, "hostname": self.hostname, "role": self.role}
+        if isinstance(op, str) and op.startswith("task."):
+            return self.tasks.control(request, reply, self.membership.members, self.role,
+                                      self.steady())
+        return {"error": f"unknown request '{op}' (is build-agent older than this hive command?)"}
+
+    def _send_all(self, outs: Sequence[tasks.Out]) -> None:
+        for out in outs:
+            self._reply(out.kind, out.ip, **out.fields)
+
     def start(self, now: float) -> None:
+        if not self._tasks_started:
+            self._tasks_started = True
+            self.tasks.start(now)
         self.identity = state.read_identity(self.config.identity_path)
         self._start_discovery()
         self.life.start(now, self.role)
@@ -200,9 +228,11 @@ class Agent(Service):
         return RoleGuard(registry, self._etcd_record, in_view, self._hello_to)
 
     def _heartbeat(self, state_name: str = "active") -> None:
+        queue = {"queue": self.tasks.queue_depth()} if self.tasks.controller is not None else {}
         self._broadcast("STATUS", role=self.role, state=state_name, load=self._load(),
                         capacity=self._capacity(), health=self._health(),
-                        interval=self.config.heartbeat_interval, capabilities=self.capabilities)
+                        interval=self.config.heartbeat_interval, capabilities=self.capabilities,
+                        **queue)
 
     # --- incoming ---------------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
@@ -222,6 +252,9 @@ class Agent(Service):
                         joining_since=None if self.identity else self.life.joining_since_text(),
                         capabilities=self.capabilities, interval=self.config.heartbeat_interval,
                         **({"addresses": addresses} if addresses is not None else {}))
+        elif message.kind in ("TASK", "RESULT", "ACK", "CANCEL", "LOGS", "LOGDATA"):
+            self._send_all(self.tasks.handle(message, source_ip, self.membership.members,
+                                             self.node_id, self.role, now))
         else:
             if message.kind == "WELCOME":
                 new = self.discovery.learn(welcome_addresses(message), now, self._known_ips())
@@ -280,6 +313,11 @@ class Agent(Service):
                     [m.ip for m in self.membership.members.values()], now))
             deadlines.append(self.next_heartbeat)
             deadlines.append(self._tick_provisioning(now))
+            outs, due = self.tasks.tick(now, self.membership.members, self.role)
+            self._send_all(outs)
+            deadlines.append(due)
+        if self.control is not None:
+            deadlines.append(self.control.tick(now))
         if self.discovery.registry is not None and self._discovery_started:
             self.discovery.registry.set_record(self._etcd_record(),
                                                joining=self.identity is None)
@@ -353,7 +391,7 @@ class Agent(Service):
 
     def _capacity(self) -> dict:
         return {"cpu_cores": self.capabilities.get("cpu_cores"),
-                "ram_gb": self.capabilities.get("ram_gb")}
+                "ram_gb": self.capabilities.get("ram_gb"), **self.tasks.capacity(self.role)}
 
     def _health(self) -> str:
         if self.identity and self.identity.get("provision_error") and self.config.install_packages:
@@ -365,7 +403,8 @@ class Agent(Service):
                           self.capabilities, self._load(), self._capacity(), self._health(),
                           parse_ts(self.identity["assigned_at"]), parse_ts(self._role_since()),
                           parse_ts(self.started_text), self.config.rebalance,
-                          "moving" if self.life.phase is Phase.MOVE else "active")
+                          "moving" if self.life.phase is Phase.MOVE else "active",
+                          self.tasks.queue_depth())
 
     def policy_view(self, now: float) -> dict:
         """The hive as policies see it: this node and the established members, in one view."""
@@ -484,7 +523,7 @@ class Agent(Service):
                       started=self.started_text, rebalance=self.config.rebalance,
                       state=view["state"],
                       capabilities=view["capabilities"], load=view["load"],
-                      capacity=view["capacity"], health=view["health"])
+                      capacity=view["capacity"], health=view["health"], queue=view["queue"])
         data = {
             "self": me,
             "plan": self.plan.to_json() if self.plan is not None and self.identity else None,
@@ -503,6 +542,9 @@ class Agent(Service):
 
     # --- lifecycle ----------------------------------------------------------------------------
     def shutdown(self) -> None:
+        self.tasks.close()
+        if self.control is not None:
+            self.control.close()
         LOG.info("Leaving the hive")
         for _ in range(2):  # a goodbye so peers drop us at once; twice in case one is lost
             self._heartbeat("leaving")

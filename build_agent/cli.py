@@ -8,6 +8,8 @@
   hive plan        what the hive would change now (healing) and why, without changing anything
   hive reset       remove identity.json and restart build-agent, which asks the hive again
   hive watch       live stream of hive messages on this LAN, verified and decoded
+  hive task ...    build work on the hive's workers (run, submit, list, show, wait, cancel, logs;
+                   on the controller, as root: see hive task --help)
 
 Every command takes --config (default /etc/build/hive.toml) and --json.
 """
@@ -24,7 +26,7 @@ import sys
 import time
 from typing import Callable
 
-from . import protocol, readiness, state, timing
+from . import protocol, readiness, state, taskcli, timing
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
 from .netif import NetworkError, find_interface, open_broadcast_sockets, open_multicast_socket
 
@@ -298,7 +300,7 @@ def cmd_watch(config: Config, args) -> int:
 
 
 COMMANDS = {"status": cmd_status, "peers": cmd_peers, "identity": cmd_identity,
-            "plan": cmd_plan, "reset": cmd_reset, "watch": cmd_watch}
+            "plan": cmd_plan, "reset": cmd_reset, "watch": cmd_watch, "task": taskcli.cmd_task}
 
 
 def _seconds(text: str) -> float:
@@ -337,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", parents=[common], help="live stream of hive messages")
     watch.add_argument("--count", type=int, default=None, help="stop after N messages")
     watch.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
+    taskcli.add_parser(sub, common)
     return parser
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import timing
-from .protocol import DEFAULT_PORT
+from .protocol import DEFAULT_PORT, is_valid_role
 
 LOG = logging.getLogger(__name__)
 
@@ -39,6 +39,18 @@ class EtcdSettings:
     """hive.toml's [etcd] table."""
     endpoints: tuple[str, ...] = ()
     prefix: str = DEFAULT_ETCD_PREFIX
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """hive.toml's [tasks] table: build work handed out by the controller (build_agent/tasks.py)."""
+    enabled: bool = False  # off: this node neither runs tasks nor hands them out
+    roles: tuple[str, ...] = ()  # the roles of this node that run tasks; empty: any role
+    slots: int | None = None  # tasks run at once here; unset: the CPU count
+    timeout: float = timing.TASK_DEFAULT_TIMEOUT  # a task's time limit unless it sets its own
+    retries: int = 1  # how often a task whose worker vanished is re-queued, unless it says
+    memory_max_mb: int | None = None  # per task; unset: the RAM divided by the slots
+    work_dir: str = "/var/tmp/build-hive-tasks"  # where tasks run when systemd is not PID 1
 
 
 def parse_seed(text: str) -> tuple[str, int | None]:
@@ -102,6 +114,10 @@ class Config:
     multicast_ttl: int = 1
     seeds: tuple[str, ...] = ()
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
+    # The agent's local control socket (root only; `hive task` talks to the running agent
+    # through it); empty: control.sock in state_dir.
+    control_socket: str = ""
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     @property
     def grace(self) -> float:
@@ -130,6 +146,10 @@ class Config:
     @property
     def agent_state_path(self) -> Path:  # the agent's state for machines (build_agent.readiness)
         return Path(self.state_dir) / "agent-state.json"
+
+    @property
+    def control_path(self) -> Path:
+        return Path(self.control_socket or Path(self.state_dir) / "control.sock")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -189,6 +209,8 @@ def _check(name: str, value: object) -> object:
         value = tuple(value)
     elif name == "etcd":
         value = _check_etcd(value)
+    elif name == "tasks":
+        value = _check_tasks(value)
     elif name == "interface":
         if not isinstance(value, str) or len(value) > 15 or "/" in value or value.strip() != value:
             raise bad("a network interface name (at most 15 characters)")
@@ -196,6 +218,54 @@ def _check(name: str, value: object) -> object:
         raise bad("a string")
     elif name in ("secret_file", "state_dir", "role_hooks_dir") and not value.startswith("/"):
         raise bad("an absolute path")
+    elif name == "control_socket" and value and (not value.startswith("/") or len(value) > 100):
+        raise bad("an absolute path of at most 100 characters")
+    return value
+
+
+def _check_tasks(table: object) -> TasksConfig:
+    """The [tasks] table: every key checked, an unknown key an error."""
+    if not isinstance(table, dict):
+        raise ConfigError("config key 'tasks' must be a table: [tasks] on a line of its own, "
+                          "then enabled = true")
+    known = [f.name for f in fields(TasksConfig)]
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [tasks]: {', '.join(unknown)} (known: "
+                          f"{', '.join(known)})")
+    return TasksConfig(**{name: _check_task_key(name, value) for name, value in table.items()})
+
+
+def _check_task_key(name: str, value: object) -> object:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"config key 'tasks.{name}' must be {expected}, got {value!r}")
+
+    def integer(low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise bad(f"an integer from {low} to {high}")
+        return value
+
+    if name == "enabled":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if name == "roles":
+        if not isinstance(value, list) or not all(is_valid_role(r) for r in value):
+            raise bad('a list of role names, e.g. ["builder", "runner"]')
+        return tuple(value)
+    if name == "slots":
+        return integer(1, 1024)
+    if name == "retries":
+        return integer(0, 10)
+    if name == "memory_max_mb":
+        return integer(16, 16 * 1024 * 1024)
+    if name == "timeout":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 1 <= value <= timing.TASK_MAX_TIMEOUT:
+            raise bad(f"a number of seconds from 1 to {timing.TASK_MAX_TIMEOUT:.0f}")
+        return float(value)
+    if not isinstance(value, str) or not value.startswith("/") or value.rstrip("/") == "":
+        raise bad("an absolute path (not /)")  # work_dir
     return value
 
 

@@ -111,6 +111,10 @@ class Service:
         self.received = 0
         self.stopping = False
         self.reload_requested = False
+        # More to wait for than the hive's sockets (a local control socket, child processes):
+        # file object -> (selector events, callback(events)); see watch().
+        self.watches: dict = {}
+        self._selector: selectors.BaseSelector | None = None
 
     # --- to implement ---------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
@@ -141,6 +145,24 @@ class Service:
         coming back, or a cloned machine's (the agent resolves that)."""
 
     # --- shared -----------------------------------------------------------------------------
+    def watch(self, fileobj, callback: Callable[[int], None],
+              events: int = selectors.EVENT_READ) -> None:
+        """Have the loop call ``callback(events)`` when ``fileobj`` is ready (then tick)."""
+        self.watches[fileobj] = (events, callback)
+        if self._selector is not None:
+            try:
+                self._selector.modify(fileobj, events, (callback,))
+            except KeyError:
+                self._selector.register(fileobj, events, (callback,))
+
+    def unwatch(self, fileobj) -> None:
+        """Stop watching ``fileobj`` (call it before closing the file)."""
+        if self.watches.pop(fileobj, None) is not None and self._selector is not None:
+            try:
+                self._selector.unregister(fileobj)
+            except (KeyError, ValueError, OSError):
+                pass
+
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> Message | None:
         """Verify one datagram at wall time ``now``; drop bad, replayed and our own ones.
         Never raises."""
@@ -197,6 +219,9 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
     selector.register(wake_r, selectors.EVENT_READ, None)
     for sock in sockets:
         selector.register(sock, selectors.EVENT_READ, sock)
+    for fileobj, (events, callback) in service.watches.items():
+        selector.register(fileobj, events, (callback,))
+    service._selector = selector
     notify("READY=1", *ready)
     dog = watchdog_period()
     next_dog = time.monotonic()
@@ -214,7 +239,7 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
             timeout = min(max(0.0, deadline - service.steady()), MAX_SLEEP)
             if dog is not None:
                 timeout = min(timeout, max(0.0, next_dog - time.monotonic()))
-            for key, _ in selector.select(timeout):
+            for key, events in selector.select(timeout):
                 if key.data is None:
                     try:
                         while wake_r.recv(512):
@@ -222,10 +247,17 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
                     except BlockingIOError:
                         pass
                     continue
+                if isinstance(key.data, tuple):  # a watch() of the service
+                    try:
+                        key.data[0](events)
+                    except Exception:  # a bug must not stop the daemon
+                        LOG.exception("Error while handling a local event")
+                    continue
                 _drain(service, key.data)
     finally:
         notify("STOPPING=1")
         service.shutdown()
+        service._selector = None
         selector.close()
         signal.set_wakeup_fd(old_wakeup)
         wake_r.close()

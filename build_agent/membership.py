@@ -39,6 +39,7 @@ class Member:
     state: str = "active"            # "moving" while it asks the hive for a new role
     state_at: float = 0.0            # steady time the state was last said
     request_id: str | None = None    # of its last re-ask (IDENTIFY)
+    queue: int = 0                   # tasks queued on it (a controller's STATUS)
 
     def deadline(self) -> float:
         return self.last_seen + timing.DEAD_AFTER_INTERVALS * self.interval
@@ -58,28 +59,30 @@ class Member:
                 "capacity": self.capacity, "health": self.health,
                 "interval": self.interval, "joined_at": stamp(self.joined_at),
                 "role_since": stamp(self.role_since), "started": stamp(self.started),
-                "rebalance": self.rebalance, "state": self.state}
+                "rebalance": self.rebalance, "state": self.state, "queue": self.queue}
 
     def view(self, now: float) -> dict:
         """The member as policies and plans see it: see ``view_entry``."""
         return view_entry(self.node_id, self.hostname, self.ip, self.role, self.capabilities,
                           self.load, self.capacity, self.health, self.joined_at,
                           self.role_since, self.started, self.rebalance,
-                          "moving" if self.is_moving(now) else "active")
+                          "moving" if self.is_moving(now) else "active", self.queue)
 
 
 def view_entry(node_id: str, hostname: str, ip: str, role: str, capabilities: dict, load: Any,
                capacity: Any, health: str, joined_at: float | None, role_since: float | None,
-               started: float | None, rebalance: bool, state: str) -> dict:
+               started: float | None, rebalance: bool, state: str, queue: int = 0) -> dict:
     """One member as policies and healing plans see it.  Times are seconds since the epoch, as
     the member stamped them (peers.json keeps them to the microsecond), so a plan made from the
     agent's memory and one made from peers.json (the advisor, `hive plan`) are the same plan.
-    ``member_since`` is when it took its role or came back to the hive, the later."""
+    ``member_since`` is when it took its role or came back to the hive, the later; ``queue``
+    is how many tasks wait in a controller's queue (0 elsewhere)."""
     since = [t for t in (role_since, started) if t is not None]
     return {"node_id": node_id, "hostname": hostname, "ip": ip, "role": role,
             "capabilities": dict(capabilities or {}), "load": load, "capacity": capacity,
             "health": health, "joined_at": joined_at, "role_since": role_since,
-            "member_since": max(since, default=None), "rebalance": rebalance, "state": state}
+            "member_since": max(since, default=None), "rebalance": rebalance, "state": state,
+            "queue": queue}
 
 
 def view_from_peers(data: dict) -> dict | None:
@@ -98,7 +101,9 @@ def view_from_peers(data: dict) -> dict | None:
                           else {}, raw.get("load"), raw.get("capacity"),
                           str(raw.get("health", "ok")), stamp("joined_at"), stamp("role_since"),
                           stamp("started"), raw.get("rebalance", True) is not False,
-                          "moving" if raw.get("state") == "moving" else "active")
+                          "moving" if raw.get("state") == "moving" else "active",
+                          raw.get("queue") if isinstance(raw.get("queue"), int)
+                          and not isinstance(raw.get("queue"), bool) else 0)
     me = data.get("self") if isinstance(data, dict) else None
     if not isinstance(me, dict) or not isinstance(me.get("role"), str):
         return None
@@ -200,6 +205,7 @@ class Membership:
             member.load = message.get("load", member.load)
             member.capacity = message.get("capacity", member.capacity)
             member.health = message.get("health", member.health)
+            member.queue = message.get("queue", 0)
         for name in ("joined_at", "role_since", "started"):
             if message.get(name):
                 setattr(member, name, parse_ts(message.get(name)))

@@ -56,7 +56,8 @@ MAGIC = "BUILD/HELLO/v1"
 MAX_DATAGRAM = 8192
 DEFAULT_PORT = 50555
 
-KINDS = ("HELLO", "WELCOME", "IDENTIFY", "ADVICE", "STATUS", "HEARTBEAT", "TASK", "RESULT")
+KINDS = ("HELLO", "WELCOME", "IDENTIFY", "ADVICE", "STATUS", "HEARTBEAT", "TASK", "RESULT",
+         "ACK", "CANCEL", "LOGS", "LOGDATA")
 
 ROLE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+\Z")
@@ -67,6 +68,11 @@ HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,252})\Z")
 # A join round's id (IDENTIFY) echoed by its ADVICE: advice for an abandoned round never counts.
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z\Z")
+# A task's id as our controllers make it and workers accept it (it names files and units).
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+BASE64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}\Z")
+# What a task's result may say happened (RESULT outcome).
+OUTCOMES = ("exited", "signal", "timeout", "cancelled", "error", "lost")
 
 
 class ProtocolError(ValueError):
@@ -174,6 +180,26 @@ def _object(max_json: int) -> Validator:
     return check
 
 
+def _argv(value: Any) -> Any:
+    """A command as an argument list: 1 to 256 strings, none with a NUL byte."""
+    if not isinstance(value, list) or not 1 <= len(value) <= 256:
+        _fail("argv")
+    for item in value:
+        if not isinstance(item, str) or "\0" in item or len(item) > 4096:
+            _fail("argv")
+    if not value[0]:
+        _fail("argv")
+    return value
+
+
+def _choice(*values: str) -> Validator:
+    def check(value: Any) -> Any:
+        if value not in values:
+            _fail("one of " + ", ".join(values))
+        return value
+    return check
+
+
 def _load(value: Any) -> Any:
     """Load average: one number or a list of up to three."""
     if isinstance(value, list):
@@ -274,20 +300,67 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("joined_at", _timestamp(nullable=True), False),
         ("role_since", _timestamp(nullable=True), False),
         ("rebalance", _boolean, False),
+        ("queue", _number(0, 1_000_000, integer=True), False),  # a controller's queued tasks
     ),
     "HEARTBEAT": (
         ("identity", _identity, False),
         ("interval", _number(0.05, 86400), False),
     ),
+    # Build work (see build_agent/tasks.py): a controller sends TASK to a worker; every TASK,
+    # RESULT and CANCEL is acknowledged (ACK) and sent again until it is; LOGS asks a worker for
+    # a task's output, LOGDATA is one chunk of it.  ``to`` names the one node a message is for.
     "TASK": (
         ("id", _text(64), True),
-        ("command", _text(4096), False),
+        ("command", _text(4096), False),   # the seed's form; our controllers send argv
         ("repo", _text(1024), False),
+        ("to", _text(64, NODE_ID_RE), False),
+        ("attempt", _number(1, 1000, integer=True), False),
+        ("argv", _argv, False),
+        ("role", _role(nullable=True), False),
+        ("timeout", _number(1, 604800), False),
+        ("probe", _boolean, False),        # "do you still have this attempt?" (never starts it)
     ),
     "RESULT": (
         ("task_id", _text(64), True),
-        ("output", _text(4096), False),
+        ("output", _text(4096), False),    # the last lines of the output
         ("rc", _number(-1024, 1024, integer=True), False),
+        ("to", _text(64, NODE_ID_RE), False),
+        ("attempt", _number(1, 1000, integer=True), False),
+        ("outcome", _choice(*OUTCOMES), False),
+        ("signal", _number(1, 128, integer=True), False),
+        ("duration", _number(0, 1e8), False),
+        ("error", _text(300), False),
+    ),
+    "ACK": (
+        ("to", _text(64, NODE_ID_RE), True),
+        ("of", _choice("TASK", "RESULT", "CANCEL"), True),
+        ("task_id", _text(64, TASK_ID_RE), True),
+        ("attempt", _number(1, 1000, integer=True), True),
+        ("state", _text(16), False),
+        ("error", _text(300), False),
+    ),
+    "CANCEL": (
+        ("to", _text(64, NODE_ID_RE), True),
+        ("task_id", _text(64, TASK_ID_RE), True),
+        ("attempt", _number(1, 1000, integer=True), True),
+    ),
+    "LOGS": (
+        ("to", _text(64, NODE_ID_RE), True),
+        ("task_id", _text(64, TASK_ID_RE), True),
+        ("attempt", _number(1, 1000, integer=True), True),
+        ("offset", _number(0, 2**53, integer=True), True),
+        ("request", _text(32, REQUEST_ID_RE), True),
+    ),
+    "LOGDATA": (
+        ("to", _text(64, NODE_ID_RE), True),
+        ("task_id", _text(64, TASK_ID_RE), True),
+        ("attempt", _number(1, 1000, integer=True), True),
+        ("offset", _number(0, 2**53, integer=True), True),
+        ("request", _text(32, REQUEST_ID_RE), True),
+        ("data", _text(6000, BASE64_RE), False),   # base64 of up to LOG_CHUNK bytes
+        ("size", _number(0, 2**53, integer=True), False),  # the output's size so far
+        ("done", _boolean, False),        # the attempt has ended: the output is complete
+        ("error", _text(300), False),
     ),
 }
 

@@ -82,6 +82,37 @@ MOVE_TIMEOUT = 10.0
 REBALANCE_GRACE_INTERVALS = 2
 REBALANCE_COOLDOWN_INTERVALS = 10
 
+# Tasks (build_agent/tasks.py).  A task's time limit unless it or [tasks] timeout sets one, and
+# the longest one may set (seven days).
+TASK_DEFAULT_TIMEOUT = 3600.0
+TASK_MAX_TIMEOUT = 604800.0
+# TASK, RESULT and CANCEL are sent again until acknowledged: first after TASK_RETRY_FIRST, then
+# each wait doubled up to TASK_RETRY_MAX.
+TASK_RETRY_FIRST = 0.3
+TASK_RETRY_MAX = 4.0
+# A TASK not acknowledged after this many sends while its worker is a member is given up (lost).
+TASK_SEND_LIMIT = 40
+# A running attempt is probed (TASK probe: "do you still have it?") this often; a worker that
+# left the membership is probed every TASK_RETRY_FIRST; its attempt is lost after this many
+# unanswered probes (TASK_SUSPECT_PROBES once it left the membership).
+TASK_PROBE_INTERVAL = 30.0
+TASK_PROBE_LIMIT = 6
+TASK_SUSPECT_PROBES = 6
+# A worker that answered "busy" (all slots taken) gets no task for this long.
+TASK_BUSY_BACKOFF = 1.0
+# A task killed at its time limit (child process: SIGTERM to its process group) gets this long
+# to exit before SIGKILL; systemd's TimeoutStopSec= for a task unit.
+TASK_KILL_GRACE = 5.0
+# Without a pidfd to wake us, a worker looks at its running tasks this often.
+TASK_POLL = 0.5
+# `hive task logs`: the controller asks the worker again after this, at most TASK_LOGS_TRIES times.
+TASK_LOGS_RETRY = 0.5
+TASK_LOGS_TRIES = 8
+# `hive task wait`: one wait on the control socket lasts at most this (the CLI asks again).
+TASK_WAIT_MAX = 30.0
+# A control-socket client that sends no complete request within this is disconnected.
+CONTROL_IDLE_TIMEOUT = 10.0
+
 # Discovery beyond one broadcast domain (build_agent.discovery, build_agent.etcd).
 # A node heard on a broadcast or multicast socket (a method we send by too) within this many of
 # our heartbeat intervals is reached that way; every other node we know gets the messages meant

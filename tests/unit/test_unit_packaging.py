@@ -120,18 +120,18 @@ def test_completion_follows_a_new_subcommand_without_anyone_editing_it():
     the completion is generated again, which install.sh and the package do at every install."""
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    task = sub.add_parser("task", help="tasks")
-    task_sub = task.add_subparsers(dest="task_command")
-    add = task_sub.add_parser("add")
+    job = sub.add_parser("job", help="jobs")  # (not "task": that one exists now)
+    job_sub = job.add_subparsers(dest="job_command")
+    add = job_sub.add_parser("add")
     add.add_argument("--priority", choices=["low", "high"])
     add.add_argument("kind", choices=["build", "test"])
-    task_sub.add_parser("list")
+    job_sub.add_parser("list")
     script = completion.render(parser)
-    assert "task" in complete(script, "")
-    assert sorted(complete(script, "task", "")) == ["add", "list"]
-    assert sorted(complete(script, "task", "add", "--priority", "")) == ["high", "low"]
-    assert sorted(complete(script, "task", "add", "")) == ["build", "test"]
-    assert "--priority" in complete(script, "task", "add", "--")
+    assert "job" in complete(script, "")
+    assert sorted(complete(script, "job", "")) == ["add", "list"]
+    assert sorted(complete(script, "job", "add", "--priority", "")) == ["high", "low"]
+    assert sorted(complete(script, "job", "add", "")) == ["build", "test"]
+    assert "--priority" in complete(script, "job", "add", "--")
 
 
 # --- layout.sh: the units and the hive command ---------------------------------------------------

@@ -418,9 +418,18 @@ def test_kind_specific_required_fields(kind, fields, missing):
     assert reason(datagram(payload)) == f"missing field: {missing}"
 
 
+TASK_KINDS_REQUIRED = {
+    "ACK": {"to": NODE, "of": "TASK", "task_id": "t1", "attempt": 1},
+    "CANCEL": {"to": NODE, "task_id": "t1", "attempt": 1},
+    "LOGS": {"to": NODE, "task_id": "t1", "attempt": 1, "offset": 0, "request": "r1"},
+    "LOGDATA": {"to": NODE, "task_id": "t1", "attempt": 1, "offset": 0, "request": "r1"},
+}
+
+
 @pytest.mark.parametrize("kind", protocol.KINDS)
 def test_every_kind_with_only_required_fields(kind):
-    required = {"ADVICE": ADVICE_FIELDS, "TASK": {"id": "t"}, "RESULT": {"task_id": "t"}}
+    required = {"ADVICE": ADVICE_FIELDS, "TASK": {"id": "t"}, "RESULT": {"task_id": "t"},
+                **TASK_KINDS_REQUIRED}
     message = decode(datagram(base(kind, **required.get(kind, {}))))
     assert message.kind == kind
 

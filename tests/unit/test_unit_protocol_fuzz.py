@@ -96,7 +96,11 @@ def test_random_envelopes(magic, payload, sig):
 
 REQUIRED = {"ADVICE": {"suggested_role": "builder", "packages": ["git"], "config": {},
                        "reason": "r"},
-            "TASK": {"id": "t1"}, "RESULT": {"task_id": "t1"}}
+            "TASK": {"id": "t1"}, "RESULT": {"task_id": "t1"},
+            "ACK": {"to": "n1", "of": "TASK", "task_id": "t1", "attempt": 1},
+            "CANCEL": {"to": "n1", "task_id": "t1", "attempt": 1},
+            "LOGS": {"to": "n1", "task_id": "t1", "attempt": 1, "offset": 0, "request": "r1"},
+            "LOGDATA": {"to": "n1", "task_id": "t1", "attempt": 1, "offset": 0, "request": "r1"}}
 
 
 @st.composite
