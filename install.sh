@@ -5,7 +5,10 @@
 #   sudo bash install.sh --uninstall        remove services, code and CLI (keeps identity/secret)
 #   sudo bash install.sh --uninstall --purge   ... and /var/lib/build and /etc/build too
 #
-# Run it from a checkout or an unpacked release tarball (it installs the files next to it).
+# Run it from a checkout or an unpacked release tarball (it installs the files next to it), or
+# use the one-file install.sh that scripts/make-release builds (this script and the code in one
+# file, for `curl -fsSL URL/install.sh -o install.sh && sudo bash install.sh`).  What goes where
+# is in packaging/layout.sh, which the Debian package is built from too.
 # It never prompts (cloud-init has no terminal) and is idempotent: running it again upgrades the
 # code and restarts the services, keeping the identity and the secret.
 #
@@ -15,12 +18,14 @@ set -euo pipefail
 PREFIX=/opt/build-agent
 UNIT_DIR=/etc/systemd/system
 CLI=/usr/local/bin/hive
+MAN_PAGE=/usr/local/share/man/man1/hive.1
+COMPLETION=/usr/local/share/bash-completion/completions/hive
+PACKAGE=build-hive  # the Debian package of the same code (scripts/make-release builds it)
 CONF_DIR=/etc/build
 CONFIG=$CONF_DIR/hive.toml
 SECRET=$CONF_DIR/shared_secret
 DISABLED_FLAG=$CONF_DIR/hive.disabled
 STATE_DIR=/var/lib/build
-UNITS=(build-agent.service build-advisor.service)
 TARGET_PRETTY="Ubuntu 24.04"
 MIN_PYTHON=(3 11)
 MIN_SECRET_LEN=16
@@ -44,12 +49,13 @@ usage: sudo bash install.sh [--timeout SECONDS]
        sudo bash install.sh --uninstall [--purge]
 
 Installs build-agent and build-advisor to $PREFIX, their systemd units to $UNIT_DIR,
-the 'hive' command to $CLI and a default $CONFIG (never overwritten), generates
+the 'hive' command to $CLI (with its man page and bash completion) and a default
+$CONFIG (never overwritten), generates
 $SECRET on the first node (copy it to the others BEFORE installing them), starts both
 services and shows how this node joins the hive.
 
   --timeout S    wait at most S seconds for the identity (default $TIMEOUT)
-  --uninstall    stop and remove the services, $PREFIX and $CLI; keep $STATE_DIR and $CONF_DIR
+  --uninstall    stop and remove the services, $PREFIX and 'hive'; keep $STATE_DIR and $CONF_DIR
   --purge        with --uninstall: also remove $STATE_DIR and $CONF_DIR (identity, config, secret)
 USAGE
 }
@@ -99,13 +105,35 @@ check_systemd() {
     fi
 }
 
-check_source() {
+missing_source() {
+    err "missing $SRC/$1: run install.sh from a Build Hive checkout or an unpacked release tarball (build-hive-VERSION.tar.gz), or use the one-file install.sh that scripts/make-release builds, not this one on its own"
+}
+
+# The files next to this script, and what goes where (packaging/layout.sh: UNITS, the code...).
+load_layout() {
     local f
-    for f in build_agent/__init__.py build_agent/__main__.py build_advisor/__init__.py \
-             build_advisor/__main__.py systemd/build-agent.service systemd/build-advisor.service \
-             scripts/bootstrap.sh; do
-        [ -f "$SRC/$f" ] || err "missing $SRC/$f: run install.sh from a Build Hive checkout or an unpacked release tarball (build-hive-VERSION.tar.gz), not on its own"
+    for f in build_agent/__init__.py packaging/layout.sh; do
+        [ -f "$SRC/$f" ] || missing_source "$f"
     done
+    # shellcheck source-path=SCRIPTDIR source=packaging/layout.sh
+    . "$SRC/packaging/layout.sh"
+    for f in "${HIVE_SOURCE_FILES[@]}"; do
+        [ -f "$SRC/$f" ] || missing_source "$f"
+    done
+    UNITS=("${HIVE_UNITS[@]}")
+}
+
+# The same code may be installed by the Debian package: two copies would fight over the units, and
+# purging the package deletes /etc/build and /var/lib/build, also after install.sh put them back.
+check_not_packaged() {
+    local status
+    command -v dpkg-query >/dev/null 2>&1 || return 0
+    status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$PACKAGE" 2>/dev/null || true)
+    case $status in
+        ""|?n*) return 0 ;;
+        ?c*) err "the Debian package $PACKAGE was removed but not purged, and purging it deletes /etc/build and /var/lib/build: 'apt purge $PACKAGE' first (keep a copy of the secret), or install the package again" ;;
+    esac
+    err "Build Hive is installed here as the Debian package $PACKAGE: upgrade it with 'apt install ./${PACKAGE}_VERSION_all.deb'; to use install.sh instead, 'apt purge $PACKAGE' first (it deletes /etc/build and /var/lib/build: keep a copy of the secret)"
 }
 
 install_prereqs() {
@@ -193,14 +221,8 @@ release_version() {
 install_code() {
     local staging="$PREFIX.new" old="$PREFIX.old"
     rm -rf "$staging" "$old"
-    install -d -m 0755 "$staging"
-    tar -C "$SRC" --exclude='__pycache__' --exclude='*.pyc' --no-same-owner -cf - \
-        build_agent build_advisor | tar -C "$staging" --no-same-owner -xf -
-    install -m 0755 "$SRC/scripts/bootstrap.sh" "$staging/bootstrap.sh"
-    [ ! -f "$SRC/README.md" ] || install -m 0644 "$SRC/README.md" "$staging/README.md"
-    release_version > "$staging/VERSION"
-    chmod -R u=rwX,go=rX "$staging"
-    "$PYTHON" -m compileall -q "$staging/build_agent" "$staging/build_advisor" >/dev/null \
+    hive_stage_code "$SRC" "$staging" "$(release_version)"
+    "$PYTHON" -m compileall -q "${HIVE_PACKAGES[@]/#/$staging/}" >/dev/null \
         || err "the code in $SRC does not compile with $PYTHON"
     if [ -d "$PREFIX" ]; then
         mv "$PREFIX" "$old"
@@ -210,61 +232,47 @@ install_code() {
 }
 
 install_units() {
-    local unit
+    local unit tmp
     for unit in "${UNITS[@]}"; do
-        install -m 0644 "$SRC/systemd/$unit" "$UNIT_DIR/$unit"
+        tmp=$(mktemp "$UNIT_DIR/.$unit.XXXXXX")
+        hive_render_unit "$SRC" "$unit" "$PREFIX" > "$tmp"
+        chmod 0644 "$tmp"
+        mv -f "$tmp" "$UNIT_DIR/$unit"
     done
 }
 
+# install_file MODE TARGET < content: written atomically (a temporary file next to it, renamed).
+install_file() {
+    local mode=$1 target=$2 tmp
+    install -d -m 0755 "$(dirname "$target")"
+    tmp=$(mktemp "$target.XXXXXX")
+    cat > "$tmp"
+    chmod "$mode" "$tmp"
+    mv -f "$tmp" "$target"
+}
+
+# The completion is generated from the parser of the code about to be installed (before anything
+# is changed, so a failure stops the install there).
+render_completion() {
+    COMPLETION_TEXT=$(hive_render_completion "$SRC" "$PYTHON") \
+        || err "cannot generate the bash completion of 'hive' with $PYTHON from $SRC"
+}
+
 install_cli() {
-    local tmp
-    tmp=$(mktemp "$CLI.XXXXXX")
-    cat > "$tmp" <<WRAPPER
-#!/bin/sh
-# hive: the Build Hive command line (installed by install.sh; code in $PREFIX).
-PYTHONPATH=$PREFIX\${PYTHONPATH:+:\$PYTHONPATH} PYTHONDONTWRITEBYTECODE=1 exec $PYTHON -m build_agent.cli "\$@"
-WRAPPER
-    chmod 0755 "$tmp"
-    mv -f "$tmp" "$CLI"
+    hive_render_cli "$PREFIX" "$PYTHON" install.sh | install_file 0755 "$CLI"
+    install_file 0644 "$MAN_PAGE" < "$SRC/$HIVE_MAN_SOURCE"
+    printf '%s\n' "$COMPLETION_TEXT" | install_file 0644 "$COMPLETION"
 }
 
 write_default_config() {
-    local tmp
-    tmp=$(mktemp "$CONF_DIR/.hive.toml.XXXXXX")
-    cat > "$tmp" <<'TOML'
-# Build Hive configuration, read by build-agent and build-advisor (and the `hive` command).
-# Every key is optional: the values shown commented out are the defaults.  Unknown keys are an
-# error.  After a change: sudo systemctl restart build-agent build-advisor
-# This file must stay readable by everyone (mode 0644): build-advisor runs as an unprivileged user.
+    install_file 0644 "$CONFIG" < "$SRC/$HIVE_CONFIG_SOURCE"
+}
 
-# UDP port of the hive (every node must use the same; firewalls: allow it from the LAN).
-#port = 50555
-
-# Network interface of the hive's LAN; empty means the interface of the default route.
-#interface = ""
-
-# The hive's shared secret(s), one per line: the first signs, all verify.  Mode 0600, root.
-#secret_file = "/etc/build/shared_secret"
-
-# Where identity.json, peers.json and node_id live.
-#state_dir = "/var/lib/build"
-
-# Seconds between heartbeats; a member missing 3 of them is dropped from peers.json.
-#heartbeat_interval = 10
-
-# Install the packages of the role the hive assigns (apt-get); false only logs them.
-#install_packages = true
-
-# A Python file defining suggest_role(view, newcomer) for the advisor; empty is the default
-# policy.  It runs with the hive's secret: root must own it and its directories, and only root
-# may write them; everyone must read it (e.g. /etc/build/policy.py, root, mode 0644).
-#policy = ""
-
-# debug, info, warning or error.
-#log_level = "info"
-TOML
-    chmod 0644 "$tmp"
-    mv -f "$tmp" "$CONFIG"
+# The default folder for role hooks, empty: hooks are the user's to add.
+ensure_hooks_dir() {
+    if [ ! -e "$CONF_DIR/role.d" ] && [ ! -L "$CONF_DIR/role.d" ]; then
+        install -d -m 0755 -o root -g root "$CONF_DIR/role.d"
+    fi
 }
 
 ensure_config() {
@@ -278,7 +286,8 @@ ensure_config() {
 }
 
 # With the code about to be installed: the errors the daemons would give.  The policy runs here
-# as root, so load_policy refuses it (before a line of it runs) unless it is root's alone.
+# as root, so load_policy refuses it (before a line of it runs) unless it is root's alone; a
+# role hooks folder that is not root's alone is refused too (the agent would run none of it).
 # -P: the current directory is not on sys.path (a build_agent/ there must not shadow ours).
 check_config() {
     local problem
@@ -286,6 +295,7 @@ check_config() {
 import os, stat, sys
 from build_agent.config import ConfigError, load_config
 from build_advisor.policy import PolicyError, load_policy
+from build_agent.hooks import find_hooks
 try:
     config = load_config(sys.argv[1])
     if config.policy and os.path.isfile(config.policy) \
@@ -293,6 +303,9 @@ try:
         sys.exit(f"policy {config.policy} must be readable by everyone (build-advisor is an "
                  f"unprivileged user): run 'chmod 0644 {config.policy}'")
     load_policy(config.policy)
+    _hooks, problem = find_hooks(config.role_hooks_dir)
+    if problem:
+        sys.exit(problem)
 except (ConfigError, PolicyError) as exc:
     sys.exit(str(exc))
 PY
@@ -379,26 +392,24 @@ is_join_line() {
     return 1
 }
 
-is_settled_line() {
-    case $1 in
-        "Consensus: "*|"Identity: "*|"Already identified as: "*) return 0 ;;
-    esac
-    return 1
+# Has the agent settled this node's identity?  Its state for machines (`hive status --json`,
+# build_agent/readiness.py) says so, whatever its log lines say.
+agent_identified() {
+    "$CLI" status --json 2>/dev/null | jq -e '.agent.identified == true' >/dev/null 2>&1
 }
 
-# Print the new lines of this invocation of build-agent; set SETTLED once the identity is.
+# Print the new lines of this invocation of build-agent; LINES_READ: how many there were.
 show_agent_log() {
     local invocation=$1 cursor_file=$2 line priority message
+    LINES_READ=0
     while IFS= read -r line; do
+        LINES_READ=$((LINES_READ + 1))
         priority=${line%% *}
         message=${line#* }
         if [[ $priority =~ ^[0-3]$ ]]; then
             say "error: $message"
         elif is_join_line "$message"; then
             say "$message"
-        fi
-        if is_settled_line "$message"; then
-            SETTLED=1
         fi
     done < <(journalctl --no-pager -q -o json --cursor-file="$cursor_file" \
                  "_SYSTEMD_INVOCATION_ID=$invocation" 2>/dev/null \
@@ -409,7 +420,6 @@ follow_agent() {
     local invocation current cursor_file deadline state
     invocation=$(systemctl show -p InvocationID --value build-agent.service)
     cursor_file=$(mktemp)
-    SETTLED=0
     deadline=$((SECONDS + TIMEOUT))
     while :; do
         current=$(systemctl show -p InvocationID --value build-agent.service)
@@ -418,9 +428,13 @@ follow_agent() {
             : > "$cursor_file"
         fi
         show_agent_log "$invocation" "$cursor_file"
-        if [ "$SETTLED" -eq 1 ] && [ -s "$STATE_DIR/identity.json" ]; then
-            sleep 0.2  # the line after "Consensus" ("Packages: ...") is written with it
-            show_agent_log "$invocation" "$cursor_file"
+        if agent_identified; then
+            # The journal may lag the state: read on until it has been quiet for 0.2 s (at most 2 s).
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                sleep 0.2
+                show_agent_log "$invocation" "$cursor_file"
+                [ "$LINES_READ" -gt 0 ] || break
+            done
             break
         fi
         state=$(systemctl is-active build-agent.service || true)
@@ -471,14 +485,16 @@ print_next_steps() {
 }
 
 do_install() {
-    check_source
+    check_not_packaged
     check_os
     check_systemd
     install_prereqs
     check_python
     ensure_secret
     ensure_config
+    ensure_hooks_dir
     check_config
+    render_completion
     install_code
     install_units
     install_cli
@@ -491,6 +507,7 @@ do_install() {
 
 do_uninstall() {
     local purge=$1 unit
+    check_not_packaged
     check_systemd
     close_firewall
     for unit in "${UNITS[@]}"; do
@@ -502,7 +519,8 @@ do_uninstall() {
     systemctl daemon-reload
     systemctl reset-failed "${UNITS[@]}" 2>/dev/null || true
     rm -rf "$PREFIX" "$PREFIX.new" "$PREFIX.old"
-    rm -f "$CLI"
+    rm -f "$CLI" "$MAN_PAGE" "$COMPLETION"
+    rmdir "$(dirname "$COMPLETION")" "$(dirname "$(dirname "$COMPLETION")")" 2>/dev/null || true
     say "Removed build-agent and build-advisor services, $PREFIX and $CLI."
     if [ "$purge" -eq 1 ]; then
         rm -rf "$STATE_DIR" "$CONF_DIR"
@@ -530,6 +548,7 @@ main() {
     [[ $TIMEOUT =~ ^[0-9]+$ ]] || err "--timeout must be a whole number of seconds"
     [ "$purge" -eq 0 ] || [ "$uninstall" -eq 1 ] || err "--purge only goes with --uninstall"
     check_root
+    load_layout
     if [ "$uninstall" -eq 1 ]; then
         do_uninstall "$purge"
     else

@@ -89,6 +89,7 @@ class Advisor(Service):
         self._view_data: dict | None = None  # peers.json as last read
         self._view_read = float("-inf")
         self._syncing: dict[str, tuple[Message, str, float]] = {}  # waiting for peers.json
+        self.channel: str | None = None
         self.advised = 0
 
     def attach(self, sock) -> None:
@@ -110,7 +111,14 @@ class Advisor(Service):
                     self.node_id = me["node_id"]  # the agent's, also after a clone's new id
         return self._view_data
 
+    def note_channel(self, channel: str) -> None:
+        """How the datagram being handled came (netif.Listener): "relay" is an IDENTIFY the
+        local agent received at its own address and handed over."""
+        self.channel = channel
+
     def handle(self, message: Message, source_ip: str, now: float) -> None:
+        if self.channel == "relay":
+            source_ip = message.primary_ip  # the asker, as it signed (the agent relayed it)
         if message.kind == "IDENTIFY":
             self._syncing.pop(message.node_id, None)
             self._advise(message, source_ip, now)

@@ -24,6 +24,7 @@ from typing import Callable
 
 from build_agent import plan as plans, protocol
 from build_agent.config import ConfigError
+from build_agent.ownership import directories_problem, owner_problem
 from build_agent.protocol import ProtocolError
 
 LOG = logging.getLogger(__name__)
@@ -53,37 +54,21 @@ def default_suggest_role(view: dict, newcomer: dict) -> dict:
 MODULE_NAME = "hive_policy"  # the name a policy file runs under (in sys.modules, for @dataclass)
 
 
+# What a user who could write the policy (or a directory above it) could do.
+OWNER_WHY = "the advisor runs the policy with the hive's secret"
+
+
 def _owner_problem(what: str, path: str, info: os.stat_result) -> str | None:
     """Why the file or directory at path lets someone other than root change the policy."""
-    if info.st_uid not in (0, os.geteuid()):
-        return (f"{what} is owned by uid {info.st_uid}, not root: run 'chown root:root {path}' "
-                f"(the advisor runs the policy with the hive's secret)")
-    sticky_dir = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
-    if info.st_mode & 0o022 and not sticky_dir:
-        return (f"{what} has mode 0{stat.S_IMODE(info.st_mode):o} (writable by group or others): "
-                f"run 'chmod go-w {path}' (the advisor runs the policy with the hive's secret)")
-    return None
+    return owner_problem(what, path, info, OWNER_WHY)
 
 
 def _check_directories(path: str) -> None:
     """Every directory above the policy (as named and as resolved) must be root's alone: a user
     who can write one of them can put another file in the policy's place."""
-    seen = set()
-    for start in (os.path.abspath(path), os.path.realpath(path)):
-        directory = os.path.dirname(start)
-        while directory not in seen:
-            seen.add(directory)
-            try:
-                info = os.stat(directory)
-            except OSError:
-                break  # the open below reports a missing path
-            problem = _owner_problem(f"policy {path}: directory {directory}", directory, info)
-            if problem:
-                raise PolicyError(problem)
-            parent = os.path.dirname(directory)
-            if parent == directory:
-                break
-            directory = parent
+    problem = directories_problem(path, f"policy {path}", OWNER_WHY)
+    if problem:
+        raise PolicyError(problem)
 
 
 def _read_checked(path: str) -> bytes:
@@ -249,35 +234,3 @@ def desired_roles_of(policy: Policy) -> DesiredRoles:
 
     return lambda view: plans.replay(view["members"], suggest)
 
-
-class PolicyTimeout(RuntimeError):
-    """A policy call that did not return in time (it goes on in its thread)."""
-
-
-def with_deadline(function: Callable, timeout: float) -> Callable:
-    """Call ``function`` in a daemon thread and wait at most ``timeout`` seconds for it: a slow
-    policy (a query to an inventory service) holds the caller for at most that long, and a call
-    that never returns blocks no later one (PolicyTimeout while it is still running)."""
-    running: list[threading.Thread] = []
-
-    def call(*args):
-        if running and running[0].is_alive():
-            raise PolicyTimeout("an earlier call has not returned yet")
-        result: list = []
-
-        def work() -> None:
-            try:
-                result.append((True, function(*args)))
-            except BaseException as exc:  # handed to the caller
-                result.append((False, exc))
-        thread = threading.Thread(target=work, name="policy", daemon=True)
-        running[:] = [thread]
-        thread.start()
-        thread.join(timeout)
-        if not result:
-            raise PolicyTimeout(f"no answer within {timeout:g} s")
-        ok, value = result[0]
-        if not ok:
-            raise value
-        return value
-    return call

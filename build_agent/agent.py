@@ -1,42 +1,45 @@
 """build-agent: joins the hive, owns this node's identity and keeps peers.json live.
 
-Phases of a node without an identity (each driven by ``tick`` and incoming messages):
+The agent is the glue between the hive and this machine:
+- joining and moving are the state machine in ``lifecycle`` (pure: messages and ``now`` in,
+  messages to send and decisions out); the agent feeds it, sends what it asks, and writes the
+  identity it settles on;
+- membership (``membership``) is fed every verified message, and is the one view of the hive
+  (peers.json, which the advisor and ``hive plan`` read);
+- healing: the hive's plan (``plan.compute``, with the policy's desired roles) is recomputed as
+  the view changes; ``healing.Healer`` says when a need is real and whether this node moves;
+- provisioning (``provision.Provisioner``) installs the role's packages.
+It also answers HELLO with WELCOME, heartbeats (STATUS), resolves a node id shared by cloned
+machines, and says goodbye when it stops.
 
-  discover  broadcast HELLO (timing.HELLO_SCHEDULE); members answer WELCOME with their role and
-            how many established members they know.  Ends once that many have answered (after
-            DISCOVERY_MIN) or at DISCOVERY_MAX.
-  wait      other nodes are joining ahead of us (earlier start, then lower node id), or some
-            node is asking right now: wait for them to settle.  One asker at a time is what
-            gives simultaneous joins the roles of one-after-another joins.
-  ask       broadcast IDENTIFY; every established member's advisor answers ADVICE.  Ends when
-            every expected advisor answered, or at ADVICE_TIMEOUT; a node ahead of us asking at
-            the same moment sends us back to wait (its advice did not count that node).
-  backoff   nobody advised: discover again after an increasing pause.
-  operate   identity settled: heartbeats, WELCOMEs, membership, provisioning, and healing:
-            the hive's plan (plan.compute) is recomputed as the view changes; when it has
-            needed the same move for a grace period (healing.Healer) and this node is the
-            mover, it moves.
-  move      re-ask: broadcast IDENTIFY (reask, current role); the advisors answer from the
-            hive's plan; consensus as for a join; identity.json keeps previous_role.
-A node that finds no established member and nobody joining ahead of it founds the hive.
+Messages for everyone go where ``discovery.Discovery`` says: the group addresses of hive.toml's
+``discovery`` methods, and by unicast every node those do not reach (another subnet, a LAN
+without broadcast).  A WELCOME to a node that came by unicast lists the hive's addresses; an
+IDENTIFY that came by unicast is handed to the local advisor.  With etcd, the node keeps its
+record there (``etcd.Registry``) and the role it takes is guarded by an etcd transaction
+(``etcd.RoleGuard``, a guard of the state machine).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import time
 from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
-from . import consensus, plan as plans, provision, state, timing
+from . import hooks, plan as plans, provision, readiness, state, timing
 from .config import Config
 from .daemon import Service
+from .discovery import Discovery, welcome_addresses
 from .healing import Healer
-from .membership import Membership, join_order_key, view_entry
+from .lifecycle import Lifecycle, Phase, Send, Settle
+from .offloop import OffLoop
+from .membership import Membership, view_entry
 from .netif import Interface
-from .protocol import Message, format_ts, format_ts_seconds, make_payload, parse_ts
+from .protocol import MAGIC, Message, format_ts, format_ts_seconds, make_payload, parse_ts
 
 LOG = logging.getLogger(__name__)
 
@@ -50,8 +53,12 @@ class Agent(Service):
                  hostname: str, capabilities: dict | None = None,
                  clock: Callable[[], float] = time.time,
                  installer: Callable[[Sequence[str]], str | None] | None = None,
-                 desired_roles: Callable[[dict], object] | None = None) -> None:
+                 desired_roles: Callable[[dict], object] | None = None,
+                 discovery: Discovery | None = None) -> None:
         super().__init__(config, secrets, node_id, clock)
+        self.discovery = discovery if discovery is not None else Discovery(config, iface)
+        self.now = 0.0  # the loop's steady time of the current tick or datagram
+        self._discovery_started = False
         # The policy's desired roles for a view (None: this agent does not heal).
         self.desired_roles = desired_roles
         self.healer = Healer(node_id, config.grace)
@@ -59,12 +66,15 @@ class Agent(Service):
         self._plan_dirty = True
         self._next_plan = 0.0
         self._plan_error = ""
+        self._plan_late = False
         self.iface = iface
         self.hostname = hostname
         self.capabilities = capabilities if capabilities is not None else caps_mod.detect()
         self.provisioner = provision.Provisioner(
             installer if installer is not None else provision.SystemInstaller(config.state_dir),
             enabled=config.install_packages, clock=clock)
+        self.role_hooks = hooks.RoleHooks(config.role_hooks_dir, str(config.identity_path),
+                                          clock=clock)
         self.membership = Membership(config.heartbeat_interval)
         self.identity: dict | None = None
         self.started_text = format_ts(clock())  # wall time this agent began using node_id
@@ -72,18 +82,11 @@ class Agent(Service):
         self._identity_removed = False
         self.broadcast_sock = None
         self.unicast_sock = None
-        self.phase = "new"
-        self.phase_start = 0.0
-        self.sent = 0
-        self.joining_since: float | None = None
-        self.max_members_reported = 0
-        self.advice: dict[str, consensus.Advice] = {}
-        self.request_id = ""
-        self.expected_advisors = 0
-        self.reask_backoff = timing.REASK_BACKOFF_FIRST
+        self.life = Lifecycle(node_id, self.membership, clock, self.capabilities,
+                              guard=self._role_guard())
         self.next_heartbeat = 0.0
-        self.next_keepalive = 0.0
         self.peers_dirty = True
+        self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
 
     # --- wiring -----------------------------------------------------------------------------
     def attach(self, broadcast_sock, unicast_sock) -> None:
@@ -91,20 +94,32 @@ class Agent(Service):
 
     def start(self, now: float) -> None:
         self.identity = state.read_identity(self.config.identity_path)
+        self._start_discovery()
+        self.life.start(now, self.role)
         if self.identity is not None:
-            LOG.info("Already identified as: %s", self.identity["role"])
-            self.phase = "operate"
             self._broadcast("HELLO", role=self.identity["role"], capabilities=self.capabilities,
                             interval=self.config.heartbeat_interval)
             self.next_heartbeat = now
             if self.identity.get("provisioned") is not True:
                 self.provisioner.request(self.identity.get("packages") or [], now)
         else:
-            self._begin_discovery(now)
+            self._looking()
+
+    def _looking(self) -> None:
+        LOG.info("Looking for hive peers on %s (%s, broadcast %s)", self.iface.name,
+                 self.iface.address, self.iface.broadcast)
 
     @property
     def role(self) -> str | None:
         return self.identity["role"] if self.identity else None
+
+    # The join/move state, for tests and status (the state machine owns it).
+    phase = property(lambda self: self.life.phase)
+    advice = property(lambda self: self.life.advice)
+    expected_advisors = property(lambda self: self.life.expected_advisors)
+    joining_since = property(lambda self: self.life.joining_since)
+    request_id = property(lambda self: self.life.request_id)
+    reask_backoff = property(lambda self: self.life.reask_backoff)
 
     # --- sending ----------------------------------------------------------------------------
     def _payload(self, kind: str, **fields) -> dict:
@@ -117,14 +132,72 @@ class Agent(Service):
                             **fields)
 
     def _broadcast(self, kind: str, **fields) -> None:
-        self.send(self.unicast_sock, self._payload(kind, **fields),
-                  (self.iface.broadcast, self.config.port))
+        """To everyone: the group addresses of the discovery methods, and by unicast every node
+        they do not reach (a member on another subnet, one learned from a seed or etcd)."""
+        payload = self._payload(kind, **fields)
+        for address in self.discovery.targets(kind, self._known_ips(), self.now):
+            self.send(self.unicast_sock, payload, address)
 
     def _reply(self, kind: str, ip: str, **fields) -> None:
         self.send(self.unicast_sock, self._payload(kind, **fields), (ip, self.config.port))
 
-    def _joining_since_text(self) -> str | None:
-        return format_ts(self.joining_since) if self.joining_since else None
+    # --- discovery beyond one broadcast domain (discovery, etcd) --------------------------------
+    def _known_ips(self) -> list[str]:
+        return [m.ip for m in self.membership.members.values()] + \
+            [j.ip for j in self.membership.joiners.values()]
+
+    def _hello_to(self, addresses: list[tuple[str, int]]) -> None:
+        """HELLO by unicast to addresses just learned (a WELCOME's list, a seed, etcd): their
+        WELCOME makes them known before discovery ends."""
+        if not addresses:
+            return
+        if self.identity is not None:
+            fields = dict(role=self.role, capabilities=self.capabilities,
+                          interval=self.config.heartbeat_interval)
+        else:
+            fields = dict(candidate_ip=None, joining_since=self.life.joining_since_text(),
+                          capabilities=self.capabilities)
+        payload = self._payload("HELLO", **fields)
+        for address in addresses:
+            self.send(self.unicast_sock, payload, address)
+
+    def _relay(self, message: Message, address: tuple[str, int]) -> None:
+        """Hand a message that reached our own address to the local advisor as it came (signed
+        by its sender: the advisor verifies it like any datagram)."""
+        data = json.dumps({"magic": MAGIC, "payload": message.payload, "sig": message.sig},
+                          separators=(",", ":")).encode()
+        try:
+            self.unicast_sock.sendto(data, address)
+        except OSError as exc:
+            LOG.debug("Cannot hand %s to the advisor: %s", message.kind, exc)
+
+    def _start_discovery(self) -> None:
+        """Seed names resolved and the etcd registration made (each bounded), once, before
+        the first HELLO."""
+        if self._discovery_started:
+            return
+        self._discovery_started = True
+        self.discovery.start()
+        if self.discovery.registry is not None:
+            self.discovery.registry.start(self._etcd_record(), joining=self.identity is None)
+
+    def _etcd_record(self, role: str | None = None) -> dict:
+        """This node's record in etcd (with ``role``, or the one it has)."""
+        return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.iface.address,
+                "port": self.config.port, "role": role if role is not None else self.role,
+                "joining_since": self.life.joining_since_text() if self.identity is None
+                else None}
+
+    def _role_guard(self):
+        registry = self.discovery.registry
+        if registry is None:
+            return None
+        from .etcd import RoleGuard
+
+        def in_view(node_id: str, role: str | None) -> bool:
+            member = self.membership.members.get(node_id)
+            return member is not None and role in (None, member.role)
+        return RoleGuard(registry, self._etcd_record, in_view, self._hello_to)
 
     def _heartbeat(self, state_name: str = "active") -> None:
         self._broadcast("STATUS", role=self.role, state=state_name, load=self._load(),
@@ -133,40 +206,27 @@ class Agent(Service):
 
     # --- incoming ---------------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
+        self.now = now
+        self.discovery.heard(source_ip, now)
+        relay = self.discovery.relay_target(message.kind)
+        if relay is not None:
+            self._relay(message, relay)
         if self.membership.observe(message, source_ip, now):
             self.peers_dirty = self._plan_dirty = True
         if message.kind == "IDENTIFY":
             self.peers_dirty = True  # the advisor waits for peers.json to show it (requests)
-        kind = message.kind
-        if kind == "HELLO":
+        if message.kind == "HELLO":
             members = len(self.membership.established()) + (1 if self.identity else 0)
+            addresses = self.discovery.welcome_list(self._known_ips(), source_ip, now)
             self._reply("WELCOME", source_ip, to=message.node_id, role=self.role, members=members,
-                        joining_since=None if self.identity else self._joining_since_text(),
-                        capabilities=self.capabilities, interval=self.config.heartbeat_interval)
-        elif kind == "WELCOME":
-            if message.get("to") in (None, self.node_id) and message.get("role"):
-                self.max_members_reported = max(self.max_members_reported,
-                                                message.get("members") or 0)
-        elif kind == "ADVICE":
-            self._on_advice(message)
-
-    def _on_advice(self, message: Message) -> None:
-        if self.phase not in ("ask", "move") or message.get("to") not in (None, self.node_id):
-            return
-        if message.get("request_id") not in (None, self.request_id):
-            return  # advice for an earlier round (reference advisors send no request id)
-        if message.node_id in self.advice:
-            return  # one vote per advisor: a retransmission counts once
-        if message.node_id not in self.membership.members:
-            LOG.warning("Ignoring advice from %s (%s): not an established member of the hive",
-                        message.hostname, message.primary_ip)
-            return
-        role = message.get("suggested_role")
-        reason = message.get("reason")
-        self.advice[message.node_id] = consensus.Advice(
-            message.node_id, message.hostname, role, tuple(message.get("packages")),
-            dict(message.get("config")), reason)
-        LOG.info(" <- %s: become '%s' (%s)", message.hostname, role, reason)
+                        joining_since=None if self.identity else self.life.joining_since_text(),
+                        capabilities=self.capabilities, interval=self.config.heartbeat_interval,
+                        **({"addresses": addresses} if addresses is not None else {}))
+        else:
+            if message.kind == "WELCOME":
+                new = self.discovery.learn(welcome_addresses(message), now, self._known_ips())
+                self._hello_to([(ip, self.config.port) for ip in new])
+            self.life.on_message(message)
 
     def own_id_heard(self, message: Message, now: float) -> None:
         """Another machine uses our node id: a clone of one image.  Both sides see it; the
@@ -187,7 +247,7 @@ class Agent(Service):
 
     def _take_fresh_node_id(self, other: Message) -> None:
         old, self.node_id = self.node_id, state.new_uuid4()
-        self.healer.node_id = self.node_id
+        self.healer.node_id = self.life.node_id = self.node_id
         state.write_node_id(self.config.node_id_path, self.node_id)
         self.started_text = format_ts(self.clock())
         LOG.warning("Node id %s is also used by %s (%s), which has had it longer (a cloned "
@@ -199,176 +259,87 @@ class Agent(Service):
                             interval=self.config.heartbeat_interval)
             self.next_heartbeat = float("-inf")  # and a heartbeat at the next tick
         else:
-            self.phase = "new"  # the hive knew our joining under the old id: start over
+            self.life.restart()  # the hive knew our joining under the old id: start over
         self.peers_dirty = True
 
     # --- time -------------------------------------------------------------------------------
     def tick(self, now: float) -> float:
+        self.now = now
         if self.membership.expire(now):
             self.peers_dirty = self._plan_dirty = True
-        deadlines = [self.membership.next_deadline()]
-        step = getattr(self, f"_tick_{self.phase}")
-        deadlines.append(step(now))
-        if self.phase in ("operate", "move"):
+        deadlines = [self.membership.next_deadline(), self._tick_life(now)]
+        if self.life.phase in (Phase.OPERATE, Phase.MOVE):
+            if self.life.phase is Phase.OPERATE:
+                deadlines.append(self._tick_heal(now))
+                deadlines.append(self._tick_life(now))  # a move may have begun
             if now >= self.next_heartbeat:
-                self._heartbeat("moving" if self.phase == "move" else "active")
+                self._heartbeat(self.life.status_state)
                 self.next_heartbeat = now + self.config.heartbeat_interval
                 self.peers_dirty = True  # refresh last_seen once per interval
+                self._hello_to(self.discovery.seeds_due(
+                    [m.ip for m in self.membership.members.values()], now))
             deadlines.append(self.next_heartbeat)
             deadlines.append(self._tick_provisioning(now))
-        else:
-            if now >= self.next_keepalive:
-                self._heartbeat({"ask": "asking", "backoff": "backoff"}.get(self.phase, "joining"))
-                self.next_keepalive = now + timing.JOINING_KEEPALIVE
-            deadlines.append(self.next_keepalive)
+        if self.discovery.registry is not None and self._discovery_started:
+            self.discovery.registry.set_record(self._etcd_record(),
+                                               joining=self.identity is None)
         if self.peers_dirty:
             self._write_peers(now)
+        self.state_file.update(self.life.phase, self.identity, self.life.expected_advisors,
+                               len(self.life.advice))
         return min(deadlines)
 
-    def _tick_new(self, now: float) -> float:
-        self.start(now)
-        return now
+    def _tick_life(self, now: float) -> float:
+        """Run the join/move state machine; send what it asks, apply what it decides."""
+        if self.life.phase is Phase.NEW:
+            self.start(now)  # reads identity.json: operate with it, or discover
+        deadline = self.life.tick(now)
+        for send in self.life.outbox:
+            self._send(send)
+        self.life.outbox.clear()
+        for decision in self.life.decisions:
+            self._apply(decision, now)
+        self.life.decisions.clear()
+        if self.life.move_failed:  # the move gave nothing: the need must last another grace
+            self.life.move_failed = False
+            self.healer.retry_later(now)
+            self._plan_dirty = self.peers_dirty = True
+            self.next_heartbeat = now + self.config.heartbeat_interval
+        return deadline
 
-    def _scheduled_sends(self, schedule: Sequence[float], now: float, send: Callable[[], None]
-                         ) -> float:
-        """Send what the schedule says is due; return when the next send is due."""
-        while self.sent < len(schedule) and now >= self.phase_start + schedule[self.sent]:
-            send()
-            self.sent += 1
-            self.next_keepalive = now + timing.JOINING_KEEPALIVE
-        if self.sent < len(schedule):
-            return self.phase_start + schedule[self.sent]
-        return float("inf")
+    def _send(self, send: Send) -> None:
+        if send.kind == "STATUS":
+            self._heartbeat(send.fields["state"])
+        elif send.to is None:
+            self._broadcast(send.kind, **send.fields)
+        else:
+            self._reply(send.kind, send.to, **send.fields)
 
-    def _begin_discovery(self, now: float) -> None:
-        if self.joining_since is None:
-            self.joining_since = self.clock()  # wall time: compared with other nodes' starts
-        self.phase, self.phase_start, self.sent = "discover", now, 0
-        self.next_keepalive = now + timing.JOINING_KEEPALIVE  # HELLO announces us for now
-        self.max_members_reported = 0
-        LOG.info("Looking for hive peers on %s (%s, broadcast %s)", self.iface.name,
-                 self.iface.address, self.iface.broadcast)
-
-    def _tick_discover(self, now: float) -> float:
-        next_send = self._scheduled_sends(timing.HELLO_SCHEDULE, now, lambda: self._broadcast(
-            "HELLO", candidate_ip=None, joining_since=self._joining_since_text(),
-            capabilities=self.capabilities))
-        elapsed = now - self.phase_start
-        known = len(self.membership.established())
-        heard_all = known > 0 and known >= self.max_members_reported
-        if elapsed >= timing.DISCOVERY_MAX or (elapsed >= timing.DISCOVERY_MIN and heard_all):
-            return self._take_turn(now)
-        return min(next_send, self.phase_start + timing.DISCOVERY_MIN if heard_all
-                   else self.phase_start + timing.DISCOVERY_MAX)
-
-    def _take_turn(self, now: float) -> float:
-        """After discovery or while waiting: ask, found, or keep waiting.
-
-        We wait for every joining node ahead of us in the join order, and for any node that is
-        asking the hive right now (even one behind us that did not know of us when it began):
-        one asker at a time is what makes simultaneous joins equal sequential ones."""
-        ahead = self.membership.joiners_ahead(join_order_key(self.joining_since, self.node_id))
-        asking = self.membership.joiners_asking(now)
-        if ahead or asking:
-            if self.phase != "wait":
-                if ahead:
-                    LOG.info("Waiting for %d joining node(s) ahead of me: %s", len(ahead),
-                             ", ".join(j.hostname for j in ahead))
-                else:
-                    LOG.info("Waiting while %s ask(s) the hive",
-                             ", ".join(j.hostname for j in asking))
-                self.phase = "wait"
-            return min([now + timing.JOINING_KEEPALIVE] + [j.asking_until for j in asking])
-        members = self.membership.established()
-        if not members:
-            self._found(now)
-            return now
-        LOG.info("Discovered %d peer(s)", len(members))
-        LOG.info("Asking peers for role assignment...")
-        self.phase, self.phase_start, self.sent = "ask", now, 0
-        self.advice = {}
-        self.request_id = os.urandom(8).hex()  # advice for another round never counts here
-        self.expected_advisors = len(members)
-        return self._tick_ask(now)
-
-    def _tick_wait(self, now: float) -> float:
-        return self._take_turn(now)
-
-    def _tick_ask(self, now: float) -> float:
-        next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, lambda: self._broadcast(
-            "IDENTIFY", request="who_am_i", request_id=self.request_id, candidate_ip=None,
-            capabilities=self.capabilities, attempt=self.sent,
-            joining_since=self._joining_since_text()))
-        key = join_order_key(self.joining_since, self.node_id)
-        rivals = [j for j in self.membership.joiners_asking(now) if j.key < key]
-        if rivals:
-            # Someone ahead of us is asking at the same time: its turn first; this advice
-            # did not count it, so it is discarded and we ask again after it settled.
-            LOG.info("%s is asking the hive ahead of me; waiting for it",
-                     ", ".join(j.hostname for j in rivals))
-            self.phase = "wait"
-            self.advice = {}
-            self._heartbeat("joining")  # tell the others we stopped asking: nobody waits for us
-            self.next_keepalive = now + timing.JOINING_KEEPALIVE
-            return now
-        if len(self.advice) >= self.expected_advisors:
-            self._decide(now)
-            return now
-        if now - self.phase_start >= timing.ADVICE_TIMEOUT:
-            if self.advice:
-                LOG.warning("Only %d of %d peer(s) advised; deciding with their advice",
-                            len(self.advice), self.expected_advisors)
-                self._decide(now)
-                return now
-            LOG.warning("No advice received from peers; asking again in %.0fs "
-                        "(is build-advisor running on them, with the same secret?)",
-                        self.reask_backoff)
-            self.phase, self.phase_start = "backoff", now + self.reask_backoff
-            self.reask_backoff = min(self.reask_backoff * 2, timing.REASK_BACKOFF_MAX)
-            # Whoever can be advised goes first: we pause saying so (STATUS 'backoff', never
-            # waited for) and come back at the end of the queue, behind those now waiting.
-            self.joining_since = self.clock()
-            self._heartbeat("backoff")
-            self.next_keepalive = now + timing.JOINING_KEEPALIVE
-            return self.phase_start
-        return min(next_send, self.phase_start + timing.ADVICE_TIMEOUT)
-
-    def _tick_backoff(self, now: float) -> float:
-        if now >= self.phase_start:
-            self._begin_discovery(now)
-            return now
-        return self.phase_start
-
-    def _found(self, now: float) -> None:
-        LOG.info("No peers found; this may be the first node (founder role).")
-        LOG.info("Identity: founder")
-        self._settle({"role": "founder", "packages": [], "config": {}, "assigned_by": ["self"],
-                      "reason": "no peers found", "votes": {}}, now)
-
-    def _decide(self, now: float) -> None:
-        decision = consensus.decide(self.advice)
-        LOG.info("Consensus: I am a '%s'", decision.role)
-        if decision.packages:
-            LOG.info("Packages: %s", ", ".join(decision.packages))
-        self._settle({"role": decision.role, "packages": decision.packages,
-                      "config": decision.config, "assigned_by": decision.assigned_by,
-                      "reason": decision.reason, "votes": decision.votes}, now)
-
-    def _settle(self, identity: dict, now: float) -> None:
-        identity.update(assigned_at=format_ts_seconds(self.clock()), node_id=self.node_id,
-                        hostname=self.hostname, provisioned=False, provision_error=None)
+    def _apply(self, decision: Settle, now: float) -> None:
+        """Write the identity the hive decided on, then announce it and install its packages."""
+        wall = format_ts_seconds(self.clock())
+        if decision.move:
+            if self.identity is None or not os.path.exists(self.config.identity_path):
+                self.life.role = self.role  # hive reset meanwhile: not written back
+                self.healer.retry_later(now)
+                return
+            identity = {**self.identity, **decision.identity, "changed_at": wall}
+        else:
+            identity = {**decision.identity, "assigned_at": wall, "node_id": self.node_id,
+                        "hostname": self.hostname}
+        identity.update(provisioned=False, provision_error=None)
         state.write_json_atomic(self.config.identity_path, identity)
+        if identity["assigned_by"] == ["self"]:
+            LOG.info("Identity: %s", identity["role"])
+        else:
+            LOG.info("Consensus: I am a '%s'", identity["role"])
+            if identity["packages"]:
+                LOG.info("Packages: %s", ", ".join(identity["packages"]))
         self.identity = identity
         self._identity_removed = False
-        self.phase = "operate"
-        self.joining_since = None
-        self.reask_backoff = timing.REASK_BACKOFF_FIRST
+        self._plan_dirty = self.peers_dirty = True
         self.next_heartbeat = now  # announce the new role at once: waiting joiners go next
         self.provisioner.request(identity["packages"], now)
-        self.peers_dirty = True
-
-    def _tick_operate(self, now: float) -> float:
-        return self._tick_heal(now)
 
     # --- healing ----------------------------------------------------------------------------
     def _role_since(self) -> str:
@@ -394,7 +365,7 @@ class Agent(Service):
                           self.capabilities, self._load(), self._capacity(), self._health(),
                           parse_ts(self.identity["assigned_at"]), parse_ts(self._role_since()),
                           parse_ts(self.started_text), self.config.rebalance,
-                          "moving" if self.phase == "move" else "active")
+                          "moving" if self.life.phase is Phase.MOVE else "active")
 
     def policy_view(self, now: float) -> dict:
         """The hive as policies see it: this node and the established members, in one view."""
@@ -402,15 +373,19 @@ class Agent(Service):
         peers = [m.view(now) for m in self.membership.established(exclude=[self.node_id])]
         return {"self": me, "peers": peers, "members": [me] + peers}
 
-    def _compute_plan(self, now: float) -> plans.Plan | None:
-        view = self.policy_view(now)
+    def _plan_from(self, view: dict, answer: tuple[bool, object]) -> plans.Plan | None:
+        """The plan for a view, given what desired_roles answered for it (ok, value)."""
+        ok, desired = answer
         try:
-            desired = self.desired_roles(view)
-            plan = plans.compute(plans.members_from_view(view["members"]), desired, self.clock(),
-                                 self.config.cooldown)
-        except Exception as exc:  # a policy's bug: no healing until it is fixed, said once
-            error = f"{type(exc).__name__}: {exc}"
-            if error != self._plan_error:
+            if not ok:
+                error = f"{type(desired).__name__}: {desired}"  # what the policy raised
+            else:
+                plan = plans.compute(plans.members_from_view(view["members"]), desired,
+                                     self.clock(), self.config.cooldown)
+        except Exception as exc:  # a policy's bad answer: no healing until it is fixed
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        if not ok:
+            if error != self._plan_error:  # said once
                 LOG.error("Cannot plan the hive's roles (desired_roles: %s); not rebalancing",
                           error)
                 self._plan_error = error
@@ -418,90 +393,66 @@ class Agent(Service):
         self._plan_error = ""
         return plan
 
+    def _update_plan(self, now: float) -> float:
+        """Recompute the plan when the view changed (and once per heartbeat).  A user's policy
+        runs off the loop (OffLoop): the plan is updated when it answers; until then, and if it
+        is late, the last plan stands."""
+        if isinstance(self.desired_roles, OffLoop):
+            job = self.desired_roles
+            answer = job.result()
+            if answer is not None:
+                self.plan = self._plan_from(job.context, answer)
+            elif job.late(now) and not self._plan_late:
+                self._plan_late = True
+                LOG.warning("The policy's desired roles take more than %gs; keeping the last "
+                            "plan", job.timeout)
+            if (self._plan_dirty or now >= self._next_plan) and not job.busy:
+                view = self.policy_view(now)
+                job.start(now, view, context=view)
+                self._plan_dirty, self._plan_late = False, False
+                self._next_plan = now + self.config.heartbeat_interval
+            return now + timing.POLICY_POLL if job.busy else self._next_plan
+        if self._plan_dirty or now >= self._next_plan:
+            view = self.policy_view(now)
+            try:
+                answer = (True, self.desired_roles(view))
+            except Exception as exc:  # (the built-in policy's: a bug)
+                answer = (False, exc)
+            self.plan = self._plan_from(view, answer)
+            self._plan_dirty = False
+            self._next_plan = now + self.config.heartbeat_interval
+        return self._next_plan
+
     def _tick_heal(self, now: float) -> float:
         if self.desired_roles is None or self.identity is None:
             return float("inf")
-        if self._plan_dirty or now >= self._next_plan:
-            self.plan = self._compute_plan(now)
-            self._plan_dirty = False
-            self._next_plan = now + self.config.heartbeat_interval
+        wake = self._update_plan(now)
         moving = any(m.is_moving(now) for m in self.membership.members.values())
         step = self.healer.step(self.plan, now, moving)
         for line in step.lines:
             LOG.info("%s", line)
         if step.move is not None and self._identity_removed is False \
                 and os.path.exists(self.config.identity_path):
-            self._begin_move(now)
+            self.life.begin_move(now)
+            self.next_heartbeat = now + self.config.heartbeat_interval
+            self.peers_dirty = True
             return now
-        return min(step.wake, self._next_plan)
+        return min(step.wake, wake)
 
-    def _begin_move(self, now: float) -> None:
-        LOG.info("Asking peers for a new role (was '%s')...", self.role)
-        self.phase, self.phase_start, self.sent = "move", now, 0
-        self.advice = {}
-        self.request_id = os.urandom(8).hex()
-        self.expected_advisors = len(self.membership.established(exclude=[self.node_id]))
-        self._heartbeat("moving")
-        self.next_heartbeat = now + self.config.heartbeat_interval
-        self.peers_dirty = True
-
-    def _tick_move(self, now: float) -> float:
-        next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, lambda: self._broadcast(
-            "IDENTIFY", request="who_am_i", request_id=self.request_id, reask=True,
-            role=self.role, candidate_ip=None, capabilities=self.capabilities,
-            attempt=self.sent))
-        rivals = [m for m in self.membership.members.values()
-                  if m.is_moving(now) and m.node_id < self.node_id]
-        if rivals:  # two movers from views that differed for a moment: the lower id goes on
-            LOG.info("%s is moving too; giving way", ", ".join(m.hostname for m in rivals))
-            return self._end_move(now, retry=True)
-        if len(self.advice) >= self.expected_advisors:
-            return self._finish_move(now)
-        if now - self.phase_start >= timing.ADVICE_TIMEOUT:
-            if self.advice:
-                LOG.warning("Only %d of %d peer(s) advised; deciding with their advice",
-                            len(self.advice), self.expected_advisors)
-                return self._finish_move(now)
-            LOG.warning("No advice received for the move; staying '%s' for now", self.role)
-            return self._end_move(now, retry=True)
-        return min(next_send, self.phase_start + timing.ADVICE_TIMEOUT)
-
-    def _end_move(self, now: float, retry: bool) -> float:
-        self.phase = "operate"
-        self.advice = {}
-        if retry:
-            self.healer.retry_later(now)
-        self._plan_dirty = self.peers_dirty = True
-        self.next_heartbeat = now  # say at once that we are not moving any more
-        return now
-
-    def _finish_move(self, now: float) -> float:
-        decision = consensus.decide(self.advice)
-        if decision.role == self.role:
-            LOG.info("The hive advised me to stay '%s'", self.role)
-            return self._end_move(now, retry=True)
-        LOG.info("Consensus: I am a '%s'", decision.role)
-        if decision.packages:
-            LOG.info("Packages: %s", ", ".join(decision.packages))
-        identity = dict(self.identity)
-        identity.update(role=decision.role, packages=decision.packages, config=decision.config,
-                        assigned_by=decision.assigned_by, reason=decision.reason,
-                        votes=decision.votes, previous_role=self.role,
-                        changed_at=format_ts_seconds(self.clock()), provisioned=False,
-                        provision_error=None)
-        if not os.path.exists(self.config.identity_path):
-            return self._end_move(now, retry=True)  # hive reset meanwhile: not written back
-        state.write_json_atomic(self.config.identity_path, identity)
-        self.identity = identity
-        self.provisioner.request(identity["packages"], now)
-        return self._end_move(now, retry=False)
-
-    # --- provisioning (provision.Provisioner does the work; here: identity.json) ---------------
+    # --- provisioning and role hooks (provision.Provisioner and hooks.RoleHooks do the work;
+    # here: identity.json) ------------------------------------------------------------------------
     def _tick_provisioning(self, now: float) -> float:
         deadline, fields = self.provisioner.tick(now)
         if fields is not None and self.identity is not None:
             self._update_identity(**fields)
-        return deadline
+        # The role's hooks run once its packages are settled (installed, failed or not to be
+        # installed); at start, unless identity.json says they ran cleanly for this role.
+        if self.identity is not None and not self.provisioner.busy:
+            self.role_hooks.want(self.identity)
+        hooks_deadline, fields = self.role_hooks.tick(now)
+        if fields is not None and self.identity is not None:
+            self._update_identity(**fields)
+        return min(deadline, hooks_deadline)
 
     # --- state files --------------------------------------------------------------------------
     def _update_identity(self, **fields) -> None:
@@ -525,7 +476,8 @@ class Agent(Service):
         wall = self.clock()
         me = {"hostname": self.hostname, "primary_ip": self.iface.address, "role": self.role,
               "node_id": self.node_id,
-              "status": {"operate": "active", "move": "moving"}.get(self.phase, "joining")}
+              "status": {Phase.OPERATE: "active", Phase.MOVE: "moving"}.get(self.life.phase,
+                                                                             "joining")}
         if self.identity is not None:  # what the advisor and `hive plan` need of us
             view = self._self_view()
             me.update(joined_at=self.identity["assigned_at"], role_since=self._role_since(),
@@ -537,8 +489,9 @@ class Agent(Service):
             "self": me,
             "plan": self.plan.to_json() if self.plan is not None and self.identity else None,
             "requests": self.membership.requests(),
-            "peers": [m.to_json(wall - now)
+            "peers": [{**m.to_json(wall - now), "reached": self.discovery.reached(m.ip, now)}
                       for m in self.membership.established(exclude=[self.node_id])],
+            "discovery": self.discovery.describe(now),
             "updated_at": format_ts_seconds(wall),
         }
         try:
@@ -553,3 +506,5 @@ class Agent(Service):
         LOG.info("Leaving the hive")
         for _ in range(2):  # a goodbye so peers drop us at once; twice in case one is lost
             self._heartbeat("leaving")
+        if self.discovery.registry is not None and self._discovery_started:
+            self.discovery.registry.stop()  # our etcd key goes with its lease, at once

@@ -1,6 +1,8 @@
 """hive: look at this node's place in the hive.
 
-  hive status      role, who assigned it and when, peers count, hostname, IP
+  hive status      role, who assigned it and when, peers count, hostname, IP, the agent's state
+                   (--wait [--timeout S]: block until the node has settled, like
+                   `cloud-init status --wait`)
   hive peers       the live members: hostname, IP, role, status, last seen
   hive identity    identity.json
   hive plan        what the hive would change now (healing) and why, without changing anything
@@ -22,9 +24,9 @@ import sys
 import time
 from typing import Callable
 
-from . import protocol, state
+from . import protocol, readiness, state, timing
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
-from .netif import NetworkError, find_interface, open_broadcast_sockets
+from .netif import NetworkError, find_interface, open_broadcast_sockets, open_multicast_socket
 
 
 def _print_json(data) -> None:
@@ -44,7 +46,27 @@ def _read(path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def cmd_status(config: Config, args) -> int:
+def cmd_status(config: Config, args, sleep: Callable[[float], None] = time.sleep,
+               monotonic: Callable[[], float] = time.monotonic,
+               agent_state: Callable[[str], dict] = readiness.current) -> int:
+    """With --wait: poll the agent's state until it is settled (exit 0) or failed (exit 1, the
+    reason on stderr), or --timeout S seconds passed (exit 1); then print the status."""
+    agent = agent_state(str(config.agent_state_path))
+    if args.wait:
+        deadline = None if args.timeout is None else monotonic() + args.timeout
+        while agent["state"] not in readiness.FINAL and (deadline is None
+                                                         or monotonic() < deadline):
+            sleep(timing.STATUS_WAIT_POLL)
+            agent = agent_state(str(config.agent_state_path))
+    shown = _show_status(config, args, agent)
+    if not args.wait or agent["state"] == "settled":
+        return shown
+    if agent["state"] == "failed":
+        return _err(f"failed: {agent['reason']}")
+    return _err(f"still {agent['state']} after {args.timeout:g} s: {agent['reason']}")
+
+
+def _show_status(config: Config, args, agent: dict) -> int:
     identity = _read(config.identity_path) or {}
     peers = _read(config.peers_path) or {}
     me = peers.get("self") or {}
@@ -65,6 +87,10 @@ def cmd_status(config: Config, args) -> int:
         "moving": sorted(p.get("hostname") for p in peers.get("peers") or []
                          if isinstance(p, dict) and p.get("state") == "moving")
         + (["(this node)"] if me.get("status") == "moving" else []),
+        "agent": agent,
+        "discovery": _discovery(peers.get("discovery"), config),
+        "reached": {str(p.get("hostname")): {"ip": p.get("ip"), "via": p.get("reached")}
+                    for p in peers.get("peers") or [] if isinstance(p, dict)},
     }
     if args.json:
         _print_json(summary)
@@ -82,11 +108,43 @@ def cmd_status(config: Config, args) -> int:
     print(f"Hostname:    {summary['hostname'] or '?'}")
     print(f"IP:          {summary['ip'] or '?'}")
     print(f"Peers:       {summary['peers']}")
+    print(f"State:       {agent['state']} ({agent['reason']})")
+    print(f"Discovery:   {_methods_line(summary['discovery'])}")
+    for name, where in sorted(summary["reached"].items()):
+        print(f"  {name:<16} {where['ip'] or '?':<15} {where['via'] or '?'}")
     if summary["role"] is not None:
         print(f"Hive needs:  {summary['needs'] or 'nothing (every role the policy wants is held)'}")
         if summary["moving"]:
             print(f"Moving now:  {', '.join(summary['moving'])}")
     return 0
+
+
+def _discovery(described: dict | None, config: Config) -> dict:
+    """The agent's discovery methods and their state (peers.json), or the configured ones."""
+    if isinstance(described, dict) and isinstance(described.get("methods"), list):
+        return described
+    return {"methods": list(config.discovery)}
+
+
+def _methods_line(discovery: dict) -> str:
+    """'broadcast, seeds (10.77.1.21), etcd (unreachable: ...)'"""
+    parts = []
+    for method in discovery.get("methods") or []:
+        if method == "multicast" and discovery.get("multicast_group"):
+            parts.append(f"multicast ({discovery['multicast_group']})")
+        elif method == "seeds" and discovery.get("seeds") is not None:
+            parts.append(f"seeds ({', '.join(discovery['seeds']) or 'none resolved'})")
+        elif method == "etcd" and isinstance(discovery.get("etcd"), dict):
+            etcd = discovery["etcd"]
+            where = ", ".join(etcd.get("endpoints") or [])
+            if etcd.get("reachable") is False:
+                parts.append(f"etcd ({where}: unreachable since {etcd.get('since')}: "
+                             f"{etcd.get('error')})")
+            else:
+                parts.append(f"etcd ({where})")
+        else:
+            parts.append(method)
+    return ", ".join(parts) or "?"
 
 
 def _needs(plan: dict | None) -> str:
@@ -192,8 +250,12 @@ def describe(message: protocol.Message) -> str:
 
 def cmd_watch(config: Config, args) -> int:
     secrets = load_secrets(secret_path(config))
-    # The broadcast addresses, shared with the daemons (the agent's own address is its alone).
-    socks = open_broadcast_sockets(find_interface(config.interface), config.port)
+    # The broadcast addresses (and the multicast group), shared with the daemons; the agent's
+    # own address is its alone, so unicast from other subnets is not seen here.
+    iface = find_interface(config.interface)
+    socks = open_broadcast_sockets(iface, config.port)
+    if "multicast" in config.discovery:
+        socks.append(open_multicast_socket(iface, config.multicast_group, config.port))
     guard = protocol.ReplayGuard()
     selector = selectors.DefaultSelector()
     for sock in socks:
@@ -201,7 +263,9 @@ def cmd_watch(config: Config, args) -> int:
     end = time.monotonic() + args.seconds if args.seconds else None
     shown = 0
     if not args.json:
-        print(f"Watching UDP {config.port} (broadcasts; Ctrl-C stops)", flush=True)
+        print(f"Watching UDP {config.port} (broadcasts"
+              f"{', multicast' if 'multicast' in config.discovery else ''}; Ctrl-C stops)",
+              flush=True)
     try:
         while args.count is None or shown < args.count:
             timeout = None if end is None else end - time.monotonic()
@@ -237,6 +301,16 @@ COMMANDS = {"status": cmd_status, "peers": cmd_peers, "identity": cmd_identity,
             "plan": cmd_plan, "reset": cmd_reset, "watch": cmd_watch}
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --config/--json work before or after the command (SUPPRESS keeps the subcommand's
     # absent option from overwriting one given before it).
@@ -249,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("status", parents=[common], help="this node's role and hive")
+    status = sub.add_parser("status", parents=[common], help="this node's role and hive")
+    status.add_argument("--wait", action="store_true",
+                        help="wait until the node has settled (exit 0) or failed (exit 1)")
+    status.add_argument("--timeout", type=_seconds, default=None, metavar="S",
+                        help="with --wait: give up after S seconds (exit 1)")
     sub.add_parser("peers", parents=[common], help="the live members")
     sub.add_parser("identity", parents=[common], help="print identity.json")
     sub.add_parser("plan", parents=[common], help="what healing would change now, and why")

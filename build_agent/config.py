@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 import stat
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import timing
@@ -25,6 +27,57 @@ class ConfigError(Exception):
     """A user error in configuration: the message is one line saying what to do."""
 
 
+# How a node finds the hive (hive.toml's ``discovery``), any combination of:
+DISCOVERY_METHODS = ("broadcast", "multicast", "seeds", "etcd")
+DEFAULT_MULTICAST_GROUP = "239.255.0.1"
+DEFAULT_ETCD_PREFIX = "/build-hive/"
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """hive.toml's [etcd] table."""
+    endpoints: tuple[str, ...] = ()
+    prefix: str = DEFAULT_ETCD_PREFIX
+
+
+def parse_seed(text: str) -> tuple[str, int | None]:
+    """'10.20.1.11', '10.20.1.11:50555', 'build1.example.net' or 'build1.example.net:50555'
+    -> (host, port or None).  ValueError for anything else."""
+    if not isinstance(text, str) or not text or len(text) > 260 or text.strip() != text:
+        raise ValueError(text)
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port = text, None
+    else:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(text)
+        port = int(port_text)
+    try:
+        ipaddress.IPv4Address(host)
+        return host, port
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels) \
+            or labels[-1].isdigit():
+        raise ValueError(text)
+    return host, port
+
+
+def _check_url(url: object) -> str:
+    """An etcd client URL: http(s)://host[:port] (no path, query or credentials)."""
+    from urllib.parse import urlsplit  # light: no sockets, no ssl
+    if not isinstance(url, str):
+        raise ValueError
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
+            or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError
+    parts.port  # noqa: B018 (raises ValueError for a bad port)
+    return url.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Config:
     port: int = DEFAULT_PORT
@@ -41,6 +94,14 @@ class Config:
     # move again; unset: REBALANCE_GRACE_INTERVALS / _COOLDOWN_INTERVALS heartbeat intervals.
     rebalance_grace: float | None = None
     rebalance_cooldown: float | None = None
+    # Executables run (run-parts order) when this node's role changes; a missing folder: none.
+    role_hooks_dir: str = "/etc/build/role.d"
+    # Discovery beyond one broadcast domain (see README "Hives that span subnets").
+    discovery: tuple[str, ...] = ("broadcast",)
+    multicast_group: str = DEFAULT_MULTICAST_GROUP
+    multicast_ttl: int = 1
+    seeds: tuple[str, ...] = ()
+    etcd: EtcdSettings = field(default_factory=EtcdSettings)
 
     @property
     def grace(self) -> float:
@@ -65,6 +126,10 @@ class Config:
     @property
     def node_id_path(self) -> Path:
         return Path(self.state_dir) / "node_id"
+
+    @property
+    def agent_state_path(self) -> Path:  # the agent's state for machines (build_agent.readiness)
+        return Path(self.state_dir) / "agent-state.json"
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -92,14 +157,90 @@ def _check(name: str, value: object) -> object:
     elif name == "log_level":
         if value not in LOG_LEVELS:
             raise bad("one of " + ", ".join(LOG_LEVELS))
+    elif name == "discovery":
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise bad("a list of methods: " + ", ".join(f'"{m}"' for m in DISCOVERY_METHODS))
+        unknown = [v for v in value if v not in DISCOVERY_METHODS]
+        if unknown:
+            raise ConfigError(f"config key 'discovery': unknown method {unknown[0]!r} (use any "
+                              f"of {', '.join(DISCOVERY_METHODS)})")
+        value = tuple(dict.fromkeys(value))
+    elif name == "multicast_group":
+        try:
+            ok = isinstance(value, str) and ipaddress.IPv4Address(value).is_multicast
+        except ValueError:
+            ok = False
+        if not ok:
+            raise bad('an IPv4 multicast address (224.0.0.0 to 239.255.255.255), e.g. '
+                      f'"{DEFAULT_MULTICAST_GROUP}"')
+    elif name == "multicast_ttl":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
+            raise bad("an integer from 1 to 255 (1: the local subnet only)")
+    elif name == "seeds":
+        if not isinstance(value, list):
+            raise bad('a list of addresses, e.g. ["10.20.1.11", "build1.example.net:50555"]')
+        for item in value:
+            try:
+                parse_seed(item)
+            except ValueError:
+                raise ConfigError(f"config key 'seeds': {item!r} is not an address: use an "
+                                  f"IPv4 address or a host name, optionally with ':port'"
+                                  ) from None
+        value = tuple(value)
+    elif name == "etcd":
+        value = _check_etcd(value)
     elif name == "interface":
         if not isinstance(value, str) or len(value) > 15 or "/" in value or value.strip() != value:
             raise bad("a network interface name (at most 15 characters)")
     elif not isinstance(value, str):
         raise bad("a string")
-    elif name in ("secret_file", "state_dir") and not value.startswith("/"):
+    elif name in ("secret_file", "state_dir", "role_hooks_dir") and not value.startswith("/"):
         raise bad("an absolute path")
     return value
+
+
+def _check_etcd(table: object) -> EtcdSettings:
+    if not isinstance(table, dict):
+        raise ConfigError("config key 'etcd' must be a table: [etcd] with endpoints = "
+                          "[\"http://10.20.0.5:2379\"]")
+    unknown = sorted(set(table) - {"endpoints", "prefix"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [etcd]: {', '.join(unknown)} (known: endpoints, "
+                          f"prefix)")
+    endpoints = table.get("endpoints", [])
+    if not isinstance(endpoints, list):
+        raise ConfigError(f"config key 'etcd.endpoints' must be a list of URLs, got "
+                          f"{endpoints!r}")
+    urls = []
+    for url in endpoints:
+        try:
+            urls.append(_check_url(url))
+        except ValueError:
+            raise ConfigError(f"config key 'etcd.endpoints': {url!r} is not an etcd client URL: "
+                              f"use http://HOST:PORT or https://HOST:PORT") from None
+    prefix = table.get("prefix", DEFAULT_ETCD_PREFIX)
+    if not isinstance(prefix, str) or not prefix.endswith("/") or len(prefix) > 200 \
+            or not prefix.isprintable():
+        raise ConfigError(f"config key 'etcd.prefix' must be a key prefix ending in '/', e.g. "
+                          f"\"{DEFAULT_ETCD_PREFIX}\", got {prefix!r}")
+    return EtcdSettings(tuple(urls), prefix)
+
+
+def _check_together(config: Config) -> None:
+    """Keys that only make sense with each other."""
+    methods = config.discovery
+    if "seeds" in methods and not config.seeds:
+        raise ConfigError("discovery lists \"seeds\" but no seeds are set: add seeds = "
+                          "[\"ADDRESS\", ...] (addresses or names of members)")
+    if config.seeds and "seeds" not in methods:
+        raise ConfigError("seeds are set but discovery does not list \"seeds\": add it, e.g. "
+                          "discovery = [\"broadcast\", \"seeds\"]")
+    if "etcd" in methods and not config.etcd.endpoints:
+        raise ConfigError("discovery lists \"etcd\" but [etcd] has no endpoints: add [etcd] "
+                          "endpoints = [\"http://HOST:2379\"]")
+    if config.etcd.endpoints and "etcd" not in methods:
+        raise ConfigError("[etcd] endpoints are set but discovery does not list \"etcd\": add "
+                          "it, e.g. discovery = [\"broadcast\", \"etcd\"]")
 
 
 def load_config(path: str | None) -> Config:
@@ -123,7 +264,9 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(f"unknown key(s) in {path}: {', '.join(unknown)} "
                           f"(known: {', '.join(sorted(known))})")
     values = {name: _check(name, value) for name, value in raw.items()}
-    return Config(**values)
+    config = Config(**values)
+    _check_together(config)
+    return config
 
 
 def secret_path(config: Config) -> str:

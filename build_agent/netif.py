@@ -7,6 +7,11 @@ what is sent to the node's own address (WELCOME, ADVICE):
 - unicast: the agent binds the node's own address WITHOUT SO_REUSEADDR.  Linux then refuses
   any other socket on that address and port, and on the wildcard address too (it would
   overlap), whoever asks: no local process, of any user, can take the agent's replies.
+Beyond one broadcast domain (discovery methods, see build_agent.discovery):
+- multicast: each daemon binds the group address (never the wildcard) with SO_REUSEADDR and
+  joins the group on the hive's interface; the agent sends to the group from its own socket;
+- the advisor binds 127.0.0.1 on the hive's port, exclusively: the agent hands it the IDENTIFY
+  requests that reached the agent's own address (unicast from members on other subnets).
 """
 
 from __future__ import annotations
@@ -137,3 +142,58 @@ def open_broadcast_sockets(iface: Interface, port: int) -> list[socket.socket]:
 def open_unicast_socket(address: str, port: int) -> socket.socket:
     """Bound to the node's own address, exclusively: receives the replies meant for the agent."""
     return _bind(_udp_socket(reuse=False), address, port, "UDP")
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def open_multicast_socket(iface: Interface, group: str, port: int) -> socket.socket:
+    """Receives the hive's datagrams sent to the multicast ``group``: bound to the group address
+    (shared by both daemons, like the broadcast sockets) and joined on the hive's interface."""
+    sock = _bind(_udp_socket(reuse=True), group, port, "UDP multicast")
+    try:
+        membership = socket.inet_aton(group) + socket.inet_aton(iface.address)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    except OSError as exc:
+        sock.close()
+        raise NetworkError(f"cannot join multicast group {group} on {iface.name}: "
+                           f"{exc.strerror}") from None
+    return sock
+
+
+def enable_multicast_sending(sock: socket.socket, iface: Interface, ttl: int) -> None:
+    """Datagrams this socket sends to a group leave by the hive's interface, with ``ttl`` hops
+    (1: never beyond the subnet)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface.address))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+    except OSError as exc:
+        raise NetworkError(f"cannot send multicast on {iface.name}: {exc.strerror}") from None
+
+
+def open_relay_socket(port: int) -> socket.socket:
+    """The advisor's own loopback address: what reached the agent by unicast and is for the
+    advisor (IDENTIFY) is handed over here.  Exclusive, like the agent's own address."""
+    return _bind(_udp_socket(reuse=False), LOOPBACK, port, "UDP loopback")
+
+
+class Listener:
+    """A bound socket that tells ``heard(channel)`` before each datagram it returns, so the
+    service knows how a datagram reached it ("broadcast", "multicast" or "unicast")."""
+
+    def __init__(self, sock: socket.socket, channel: str, heard) -> None:
+        self.sock, self.channel, self.heard = sock, channel, heard
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recvfrom(self, size: int):
+        result = self.sock.recvfrom(size)
+        self.heard(self.channel)
+        return result
+
+    def sendto(self, data: bytes, address) -> int:
+        return self.sock.sendto(data, address)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -277,11 +277,17 @@ class UnitInstaller:
             error = self.wait_for_running_unit()
             if error:
                 return error
-            # A failed unit of that name would block the name (normally --collect unloads it).
-            self.run(["systemctl", "reset-failed", UNIT], timeout=timing.SYSTEMCTL_TIMEOUT)
             token = os.urandom(8).hex()
             command = unit_command(packages, token, self.result_path)
-            result = self.run(command, timeout=timing.PROVISION_UNIT_MAX + 60)
+            for _ in range(timing.PROVISION_UNIT_NAME_TRIES):
+                # A failed unit of that name would block the name (normally --collect unloads
+                # it); so does one that just ended and is not unloaded yet (seen on systemd
+                # 257 right after an earlier agent's install finished): try again shortly.
+                self.run(["systemctl", "reset-failed", UNIT], timeout=timing.SYSTEMCTL_TIMEOUT)
+                result = self.run(command, timeout=timing.PROVISION_UNIT_MAX + 60)
+                if result.returncode == 0 or "already loaded" not in (result.stderr or ""):
+                    break
+                self.sleep(timing.PROVISION_UNIT_POLL)
         except (OSError, subprocess.SubprocessError) as exc:
             return f"cannot run systemd-run: {exc}"
         outcome = self.read_result(token)

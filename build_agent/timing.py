@@ -47,13 +47,22 @@ PROVISION_UNIT_MAX = 7200.0
 # often whether the install unit of its previous life still runs; a systemctl query may take this.
 PROVISION_POLL = 1.0
 PROVISION_UNIT_POLL = 2.0
+# ... and tries this often to start its unit while the name is still held by an ended one.
+PROVISION_UNIT_NAME_TRIES = 10
 SYSTEMCTL_TIMEOUT = 30.0
+
+# Role hooks (/etc/build/role.d): each hook may run this long, then it and its process group are
+# killed (SIGKILL); while hooks run, the agent looks at their worker this often.
+ROLE_HOOK_TIMEOUT = 300.0
+ROLE_HOOK_POLL = 1.0
 
 # Rejected datagrams are logged (debug) at most once per this period, with a count.
 REJECT_LOG_PERIOD = 60.0
 
 # Re-read peers.json written by the local agent at most this often (advisor).
 PEERS_FILE_POLL = 1.0
+# `hive status --wait` (and install.sh through it) looks at the agent's state this often (s).
+STATUS_WAIT_POLL = 0.2
 # The advisor answers an IDENTIFY once the agent's peers.json shows it (so the view holds all
 # the agent heard before it), looking every VIEW_SYNC_POLL, at most VIEW_SYNC_TIMEOUT.
 VIEW_SYNC_POLL = 0.01
@@ -63,6 +72,8 @@ VIEW_SYNC_TIMEOUT = 0.3
 # the default policy answers: well under ADVICE_TIMEOUT, so the advice arrives in time even for
 # an IDENTIFY first heard at the asker's last retry (IDENTIFY_SCHEDULE[-1] = 1.2 s).
 POLICY_TIMEOUT = 1.0
+# The agent runs a user's desired_roles off its loop and looks for the answer this often.
+POLICY_POLL = 0.1
 # Healing: a member that announced a move ('moving') and said nothing more about it for this
 # long is no longer waited for (a move takes at most ADVICE_TIMEOUT plus a moment).
 MOVE_TIMEOUT = 10.0
@@ -70,3 +81,33 @@ MOVE_TIMEOUT = 10.0
 # the cool-down after a move (hive.toml: rebalance_grace, rebalance_cooldown, in seconds).
 REBALANCE_GRACE_INTERVALS = 2
 REBALANCE_COOLDOWN_INTERVALS = 10
+
+# Discovery beyond one broadcast domain (build_agent.discovery, build_agent.etcd).
+# A node heard on a broadcast or multicast socket (a method we send by too) within this many of
+# our heartbeat intervals is reached that way; every other node we know gets the messages meant
+# for everyone by unicast.
+GROUP_HEARD_INTERVALS = 3
+# An address learned from a WELCOME's list or from etcd is tried for this long without an answer.
+LEARNED_ADDRESS_TTL = 30.0
+# A seed that is not a member is sent HELLO again this often (it was down, or the hive split).
+SEED_RETRY = 30.0
+# Seed names are resolved again this often; a name that did not resolve is tried again after
+# SEED_RESOLVE_RETRY; at start the agent waits at most SEED_RESOLVE_WAIT for the first answers.
+SEED_RESOLVE_INTERVAL = 300.0
+SEED_RESOLVE_RETRY = 10.0
+SEED_RESOLVE_WAIT = 2.0
+# A WELCOME lists at most this many addresses of the hive (it must fit in one datagram).
+WELCOME_MAX_ADDRESSES = 256
+# etcd: one HTTP request may take this long.
+ETCD_REQUEST_TIMEOUT = 1.0
+# The member list is read from etcd this often while joining (else once per heartbeat).
+ETCD_JOINING_POLL = 0.5
+# While etcd does not answer, it is tried again this often.
+ETCD_RETRY = 2.0
+# A member's key lives this many of its heartbeat intervals after its last renewal (the lease
+# is renewed at every heartbeat), and at least ETCD_MIN_TTL (etcd's TTLs are whole seconds).
+ETCD_LEASE_INTERVALS = 3
+ETCD_MIN_TTL = 2
+# The role guard: before asking, a joiner waits at most this long for the node etcd says
+# settled last to be in its view (then asks anyway; the guard still refuses a stale decision).
+GUARD_VIEW_WAIT = 2.5

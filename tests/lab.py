@@ -27,12 +27,17 @@ def sequential_counts(total: int) -> dict[str, int]:
 
 class Lab:
     def __init__(self, name: str, subnet: str, heartbeat: float = 10, policy: str = "",
-                 workdir: Path | None = None) -> None:
+                 workdir: Path | None = None, subnets: int = 1, toml: str = "") -> None:
         self.name = name
         self.dir = Path(f"/run/hive-lab/{name}")
+        # Several subnets: 10.77.K, 10.78.K, ... (each lab has its own bridges: no clash).
+        first, rest = subnet.split(".", 1)[1].split(".", 1)
+        self.subnets = [subnet] + [f"10.{int(first) + s}.{rest}" for s in range(1, subnets)]
         self.env = dict(os.environ, HIVE_LAB_NAME=name, HIVE_LAB_SUBNET=subnet,
+                        HIVE_LAB_SUBNETS=" ".join(self.subnets),
                         HIVE_LAB_DIR=str(self.dir), HIVE_LAB_HEARTBEAT=str(heartbeat),
-                        HIVE_LAB_POLICY=policy, HIVE_LAB_PYTHON=sys.executable)
+                        HIVE_LAB_POLICY=policy, HIVE_LAB_PYTHON=sys.executable,
+                        HIVE_LAB_TOML=toml)
         self.subnet = subnet
 
     def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -44,11 +49,29 @@ class Lab:
         return result
 
     # --- hosts --------------------------------------------------------------------------------
-    def up(self, n: int, together: bool = False) -> None:
-        self.run("up", str(n), *(["--together"] if together else []), timeout=180)
+    def up(self, n: int, together: bool = False, subnet: int = 1) -> None:
+        self.run("up", str(n), *(["--together"] if together else []), "--subnet", str(subnet),
+                 timeout=180)
 
-    def add(self, k: int) -> list[int]:
-        return [int(x) for x in self.run("add", str(k)).stdout.split()]
+    def add(self, k: int, subnet: int = 1) -> list[int]:
+        return [int(x) for x in self.run("add", str(k), "--subnet", str(subnet)).stdout.split()]
+
+    def configure(self, i: int, text: str) -> None:
+        """Append lines to host i's hive.toml (before it starts)."""
+        path = self.host_dir(i) / "hive.toml"
+        path.write_text(path.read_text() + text.rstrip("\n") + "\n")
+
+    def subnet_of(self, i: int) -> int:
+        try:
+            return int((self.host_dir(i) / "subnet").read_text())
+        except FileNotFoundError:
+            return 1
+
+    def nobcast(self, subnet: int) -> None:
+        self.run("nobcast", str(subnet))
+
+    def etcd(self, action: str, subnet: int = 1) -> str:
+        return self.run("etcd", action, str(subnet), timeout=60).stdout.strip()
 
     def start(self, *hosts: int) -> None:
         self.run("start", *map(str, hosts))
@@ -56,9 +79,10 @@ class Lab:
     def wait(self, *hosts: int, timeout: int = 30) -> None:
         self.run("wait", *map(str, hosts), f"{timeout}s", timeout=timeout + 30)
 
-    def join(self, secret_file: str | None = None, hostname: str | None = None) -> int:
+    def join(self, secret_file: str | None = None, hostname: str | None = None,
+             subnet: int = 1) -> int:
         args = ["join"] + (["--secret-file", secret_file] if secret_file else []) \
-            + (["--hostname", hostname] if hostname else [])
+            + (["--hostname", hostname] if hostname else []) + ["--subnet", str(subnet)]
         return int(self.run(*args).stdout.split()[-1])
 
     def kill(self, i: int) -> None:
@@ -85,7 +109,7 @@ class Lab:
         return self.dir / f"h{i}"
 
     def ip(self, i: int) -> str:
-        return f"{self.subnet}.{20 + i}"
+        return f"{self.subnets[self.subnet_of(i) - 1]}.{20 + i}"
 
     def hosts(self) -> list[int]:
         return sorted(int(p.name[1:]) for p in self.dir.glob("h*") if p.name[1:].isdigit())

@@ -134,3 +134,41 @@ def test_rebalance_false_on_every_runner_means_no_move_and_hive_plan_says_why(ma
     assert plan["blocked"] == ["'controller' (0 of 1): the runners have rebalance = false"]
     text = lab.hive(1, "plan").stdout
     assert "rebalance = false" in text and "controller" in text
+
+
+def test_twenty_nodes_three_kills_two_restarts_converge_with_the_fewest_moves(make_lab):
+    """Three random kill -9s and two of them restarted, in quick succession: the hive ends with
+    the default table's counts for who is left, having moved exactly as often as needed."""
+    import random
+
+    from build_advisor.policy import default_suggest_role
+    from build_agent import plan as plans
+
+    lab = make_lab(heartbeat=HEARTBEAT)
+    lab.up(20)
+    rnd = random.Random(20261127)
+    gone = rnd.choice([2, 3, 4])  # the one that stays dead holds a role the hive needs
+    back = rnd.sample([i for i in range(2, 21) if i != gone], 2)
+    killed = back + [gone]
+    before = lab.roles()
+    print(f"kill -9 {killed}, then restart {back}")
+    for i in killed:
+        lab.kill(i)
+    time.sleep(0.5)
+    for i in back:
+        lab.start(i)
+    alive = [i for i in range(1, 21) if i != killed[2]]
+    # The fewest moves: what the plan asks of the hive as it is now (roles as before the kills).
+    members = [{"node_id": f"{i:03d}", "hostname": f"build{i}", "role": before[i],
+                "joined_at": float(i), "role_since": float(i), "member_since": float(i)}
+               for i in alive]
+    fewest = len(plans.compute(plans.members_from_view(members),
+                               plans.replay(members, default_suggest_role), 1e9, 0).moves)
+    want = sequential_counts(len(alive))
+    lab.wait_for(lambda: counts(lab, alive) == want, 60, f"the table's counts {want}")
+    time.sleep(12)  # well past grace and detection: nothing more happens
+    assert counts(lab, alive) == want
+    made = moves(lab, alive)
+    print(f"moves made {made}, fewest needed {fewest}")
+    assert made == fewest
+    assert all(lab.alive(i) for i in alive)

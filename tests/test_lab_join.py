@@ -138,6 +138,8 @@ def test_hive_cli_on_a_lab_host(make_lab):
     status = json.loads(lab.hive(2, "status", "--json").stdout)
     assert status["role"] == "controller" and status["assigned_by"] == ["build1"]
     assert status["hostname"] == "build2" and status["ip"] == lab.ip(2)
+    waited = json.loads(lab.hive(2, "status", "--wait", "--timeout", "10", "--json").stdout)
+    assert (waited["agent"]["state"], waited["agent"]["identified"]) == ("settled", True)
     lab.wait_for(lambda: lab.peer_names(2) == {"build1"}, 5, "build2 to list build1")
     peers = json.loads(lab.hive(2, "peers", "--json").stdout)
     assert [(p["hostname"], p["role"]) for p in peers] == [("build1", "founder")]

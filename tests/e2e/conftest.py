@@ -42,8 +42,11 @@ if [ "$1" = configure ]; then
 fi
 """
 CONFLICTING_PACKAGE = "hive-e2e-breaker"
-# Real packages (from the rootfs's debootstrap cache) that a test removes for install.sh to bring back.
-PREREQ_DEBS = ("jq", "arping")
+# Real packages (from the rootfs's debootstrap cache) that a test removes for install.sh (or
+# cloud-init's `packages:`) to bring back.
+PREREQ_DEBS = ("jq", "arping", "curl")
+# The version of the "newer build" the upgrade tests install over the current one.
+NEXT_VERSION_SUFFIX = "+e2e2"
 MEASUREMENTS: dict[str, dict] = {}
 # Lab numbers (bridge hve2eN, subnet 10.78.N) start at an offset taken from our PID, so two e2e
 # runs at once (two checkouts) do not tear down each other's labs.
@@ -86,12 +89,33 @@ def e2e_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def make_release(out: Path, *args: str) -> dict[str, Path]:
+    """scripts/make-release into OUT: {"tarball": ..., "install.sh": ..., "deb": ...}."""
+    printed = subprocess.run([str(hx.REPO / "scripts/make-release"), "--out", str(out), *args],
+                             capture_output=True, text=True, timeout=180, check=True).stdout
+    paths = [Path(line) for line in printed.split()]
+    return {"tarball": next(p for p in paths if p.name.endswith(".tar.gz")),
+            "install.sh": next(p for p in paths if p.name == "install.sh"),
+            "deb": next(p for p in paths if p.name.endswith(".deb"))}
+
+
 @pytest.fixture(scope="session")
-def release_tarball(e2e_dir) -> Path:
-    """scripts/make-release's tarball, served by every lab's file server under /."""
-    out = subprocess.run([str(hx.REPO / "scripts/make-release"), "--out", str(e2e_dir / "www")],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
-    return Path(out.strip().splitlines()[-1])
+def release(e2e_dir) -> dict[str, Path]:
+    """scripts/make-release's files (tarball, one-file install.sh, .deb), served by every lab's
+    file server under /."""
+    return make_release(e2e_dir / "www")
+
+
+@pytest.fixture(scope="session")
+def release_tarball(release) -> Path:
+    return release["tarball"]
+
+
+@pytest.fixture(scope="session")
+def next_release(e2e_dir, release) -> dict[str, Path]:
+    """A newer build of the same tree (version + NEXT_VERSION_SUFFIX), served under /next/."""
+    version = release["deb"].name.split("_")[1]
+    return make_release(e2e_dir / "www" / "next", "--version", version + NEXT_VERSION_SUFFIX)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ def test_defaults():
     assert config.heartbeat_interval == 10.0
     assert config.install_packages is True
     assert config.policy == ""
+    assert config.role_hooks_dir == "/etc/build/role.d"
     assert config.identity_path == Path("/var/lib/build/identity.json")
     assert config.peers_path == Path("/var/lib/build/peers.json")
     assert config.node_id_path == Path("/var/lib/build/node_id")
@@ -84,6 +85,7 @@ log_level = "debug"
     ("log_level", '"warning"'), ("log_level", '"error"'), ("log_level", '"info"'),
     ("interface", '""'), ("interface", '"enp0s31f6"'), ("interface", '"a23456789012345"'),
     ("policy", '""'), ("policy", '"relative/policy.py"'),
+    ("role_hooks_dir", '"/run/hive-lab/lab/h1/role.d"'),
 ])
 def test_good_values(tmp_path, key, value):
     load_config(toml(tmp_path, f"{key} = {value}\n"))
@@ -103,6 +105,7 @@ def test_good_values(tmp_path, key, value):
     ("secret_file", '"shared_secret"'), ("secret_file", '""'), ("secret_file", "5"),
     ("state_dir", '"var/lib/build"'), ("state_dir", "[]"),
     ("policy", "5"), ("policy", "true"), ("policy", "{ path = 'x' }"),
+    ("role_hooks_dir", '"role.d"'), ("role_hooks_dir", '""'), ("role_hooks_dir", "false"),
 ])
 def test_bad_values(tmp_path, key, value):
     message = error_of(tmp_path, f"{key} = {value}\n")

@@ -153,3 +153,35 @@ def test_of_two_movers_from_views_that_differed_the_higher_id_gives_way(make_age
                 role="runner", state="moving", interval=1.0)
         run_until(agent, clock, clock.now + 0.5)
     assert not sent(fake_sock, "IDENTIFY")
+
+
+def test_a_slow_desired_roles_never_holds_the_agents_loop(make_agent, config, clock, fake_sock,
+                                                          caplog):
+    """A user's policy (a query to a slow inventory) runs off the loop: the agent keeps
+    heartbeating; the plan comes when the policy answers; a late answer is said once."""
+    import threading
+    import time as real_time
+
+    from build_agent.offloop import OffLoop
+
+    release = threading.Event()
+
+    def slow(view):
+        release.wait(10)
+        return replay_desired(view)
+
+    agent = _runner_in_a_hive_without_controller(make_agent, config, clock, caplog)
+    agent.desired_roles = OffLoop(slow, timing.POLICY_TIMEOUT)
+    started = real_time.monotonic()
+    run_until(agent, clock, T0 + 3)
+    assert real_time.monotonic() - started < 2  # the loop never waited for the policy
+    assert agent.plan is None and agent.phase == "operate"
+    assert "The policy's desired roles take more than 1s; keeping the last plan" in caplog.text
+    assert len([m for m, _ in sent(fake_sock, "STATUS")]) >= 3  # heartbeats went on
+    release.set()
+    for _ in range(50):
+        real_time.sleep(0.02)
+        step(agent, clock, clock.now + 0.1)
+        if agent.plan is not None:
+            break
+    assert agent.plan is not None and agent.plan.moves[0].hostname == "build6"

@@ -1,0 +1,382 @@
+"""Joining and moving: the agent's state machine, as pure logic.
+
+Messages and ``now`` (a reading of the steady clock) go in; messages to send (``outbox``) and
+decisions (``decisions``: an identity to settle) come out.  No sockets, no files, no policy: the
+agent (build_agent.agent) feeds it the hive's membership, flushes the outbox, writes
+identity.json, installs packages and decides, from the hive's plan, when this node moves.
+
+Phases (``Phase``):
+
+  new       not started yet.
+  discover  broadcast HELLO (timing.HELLO_SCHEDULE); members answer WELCOME with their role and
+            how many established members they know.  Ends once that many have answered (after
+            DISCOVERY_MIN) or at DISCOVERY_MAX.
+  wait      other nodes are joining ahead of us (earlier start, then lower node id), or some
+            node is asking right now: wait for them to settle.  One asker at a time is what
+            gives simultaneous joins the roles of one-after-another joins.  A joiner backing
+            off (nobody could advise it) is not waited for.
+  ask       broadcast IDENTIFY with a fresh request id; every established member's advisor
+            answers ADVICE.  Ends when every expected advisor answered, or at ADVICE_TIMEOUT; a
+            node ahead of us asking at the same moment sends us back to wait.
+  backoff   nobody advised: say so (STATUS 'backoff'), go to the end of the queue, discover
+            again after an increasing pause.
+  operate   identity settled: the agent heartbeats, answers HELLO, keeps peers.json and heals.
+  move      healing chose this node: broadcast IDENTIFY (reask, current role); the advisors
+            answer from the hive's plan; consensus as for a join.  A lower-id member moving at
+            the same moment makes us give way.
+A node that finds no established member and nobody joining ahead of it founds the hive.
+
+A ``guard`` (optional: etcd's role guard, build_agent.etcd.RoleGuard) wraps the consensus: it is
+asked before asking or founding (``begin``: it may hold us in wait a moment) and before a role
+is settled (``claim``): a claim it refuses means another node took a role meanwhile, so the
+advice may not have counted it: we ask again (a move ends, a founder discovers again).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from . import consensus, timing
+from .membership import Membership, join_order_key
+from .protocol import Message, format_ts
+
+LOG = logging.getLogger(__name__)
+
+
+class Phase(str, enum.Enum):
+    NEW = "new"
+    DISCOVER = "discover"
+    WAIT = "wait"
+    ASK = "ask"
+    BACKOFF = "backoff"
+    OPERATE = "operate"
+    MOVE = "move"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# What a node says of itself in STATUS while in each phase.
+STATUS_STATE = {Phase.ASK: "asking", Phase.BACKOFF: "backoff", Phase.MOVE: "moving",
+                Phase.OPERATE: "active"}
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message to send: to every member (``to`` None) or to one address.  For STATUS the
+    fields hold only ``state``; the agent adds its heartbeat's load, capacity and the like."""
+    kind: str
+    fields: dict = field(default_factory=dict)
+    to: str | None = None
+
+
+@dataclass(frozen=True)
+class Settle:
+    """The hive decided this node's role (``move``: a change of role, not a join).  The agent
+    writes it, then logs it (`Consensus: ...`): a user who sees that line finds the file."""
+    identity: dict
+    move: bool = False
+
+
+class Guard(Protocol):
+    def begin(self, now: float, founding: bool = False, move: bool = False) -> float | None:
+        """Before asking (or founding, or moving): None to go on, or hold (wait) until then."""
+
+    def claim(self, role: str) -> bool:
+        """Before settling ``role``: False if the hive's answer is stale (ask again)."""
+
+
+class Lifecycle:
+    def __init__(self, node_id: str, membership: Membership, clock: Callable[[], float],
+                 capabilities: dict, guard: Guard | None = None) -> None:
+        self.node_id = node_id
+        self.guard = guard
+        self.membership = membership
+        self.clock = clock  # wall clock: joining_since is compared with other nodes' starts
+        self.capabilities = capabilities
+        self.outbox: list[Send] = []
+        self.decisions: list[Settle] = []
+        self.phase = Phase.NEW
+        self.phase_start = 0.0
+        self.sent = 0
+        self.role: str | None = None
+        self.joining_since: float | None = None
+        self.max_members_reported = 0
+        self.advice: dict[str, consensus.Advice] = {}
+        self.request_id = ""
+        self.expected_advisors = 0
+        self.reask_backoff = timing.REASK_BACKOFF_FIRST
+        self.next_keepalive = 0.0
+        self.move_failed = False  # set when a move ended with the role unchanged (see agent)
+        self._now = 0.0  # the steady time of the current tick
+
+    # --- in -----------------------------------------------------------------------------------
+    def start(self, now: float, role: str | None) -> None:
+        """Begin with the role identity.json holds (operate), or none (discover)."""
+        self.role = role
+        if role is not None:
+            LOG.info("Already identified as: %s", role)
+            self.phase = Phase.OPERATE
+        else:
+            self._begin_discovery(now)
+
+    def restart(self) -> None:
+        """Start over at the next tick (the hive knew our joining under another node id)."""
+        if self.phase is not Phase.OPERATE:
+            self.phase = Phase.NEW
+
+    def on_message(self, message: Message) -> None:
+        if message.kind == "WELCOME":
+            if message.get("to") in (None, self.node_id) and message.get("role"):
+                self.max_members_reported = max(self.max_members_reported,
+                                                message.get("members") or 0)
+        elif message.kind == "ADVICE":
+            self._on_advice(message)
+
+    def _on_advice(self, message: Message) -> None:
+        if self.phase not in (Phase.ASK, Phase.MOVE) or \
+                message.get("to") not in (None, self.node_id):
+            return
+        if message.get("request_id") not in (None, self.request_id):
+            return  # advice for an earlier round (reference advisors send no request id)
+        if message.node_id in self.advice:
+            return  # one vote per advisor: a retransmission counts once
+        if message.node_id not in self.membership.members:
+            LOG.warning("Ignoring advice from %s (%s): not an established member of the hive",
+                        message.hostname, message.primary_ip)
+            return
+        role = message.get("suggested_role")
+        reason = message.get("reason")
+        self.advice[message.node_id] = consensus.Advice(
+            message.node_id, message.hostname, role, tuple(message.get("packages")),
+            dict(message.get("config")), reason)
+        LOG.info(" <- %s: become '%s' (%s)", message.hostname, role, reason)
+
+    @property
+    def status_state(self) -> str:
+        return STATUS_STATE.get(self.phase, "joining")
+
+    def joining_since_text(self) -> str | None:
+        return format_ts(self.joining_since) if self.joining_since else None
+
+    # --- time -----------------------------------------------------------------------------------
+    def tick(self, now: float) -> float:
+        """Advance the phase; returns when to be woken next.  Joining phases re-announce
+        themselves (STATUS) every JOINING_KEEPALIVE; operate and move heartbeat in the agent."""
+        self._now = now
+        deadline = getattr(self, f"_tick_{self.phase.value}")(now)
+        if self.phase not in (Phase.OPERATE, Phase.MOVE):
+            if now >= self.next_keepalive:
+                self._status()
+            deadline = min(deadline, self.next_keepalive)
+        return deadline
+
+    def _status(self, state: str | None = None) -> None:
+        self.outbox.append(Send("STATUS", {"state": state or self.status_state}))
+        self.next_keepalive = self._now + timing.JOINING_KEEPALIVE
+
+    def _tick_new(self, now: float) -> float:
+        self._begin_discovery(now)  # (the agent calls start() first, with its identity)
+        return now
+
+    def _tick_operate(self, now: float) -> float:
+        return float("inf")
+
+    def _scheduled_sends(self, schedule: Sequence[float], now: float, send: Callable[[], Send]
+                         ) -> float:
+        """Send what the schedule says is due; return when the next send is due."""
+        while self.sent < len(schedule) and now >= self.phase_start + schedule[self.sent]:
+            self.outbox.append(send())
+            self.sent += 1
+            self.next_keepalive = now + timing.JOINING_KEEPALIVE
+        if self.sent < len(schedule):
+            return self.phase_start + schedule[self.sent]
+        return float("inf")
+
+    # --- joining --------------------------------------------------------------------------------
+    def _begin_discovery(self, now: float) -> None:
+        self._now = now
+        if self.joining_since is None:
+            self.joining_since = self.clock()  # wall time: compared with other nodes' starts
+        self.phase, self.phase_start, self.sent = Phase.DISCOVER, now, 0
+        self.next_keepalive = now + timing.JOINING_KEEPALIVE  # HELLO announces us for now
+        self.max_members_reported = 0
+
+    def _tick_discover(self, now: float) -> float:
+        next_send = self._scheduled_sends(timing.HELLO_SCHEDULE, now, lambda: Send(
+            "HELLO", {"candidate_ip": None, "joining_since": self.joining_since_text(),
+                      "capabilities": self.capabilities}))
+        elapsed = now - self.phase_start
+        known = len(self.membership.established())
+        heard_all = known > 0 and known >= self.max_members_reported
+        if elapsed >= timing.DISCOVERY_MAX or (elapsed >= timing.DISCOVERY_MIN and heard_all):
+            return self._take_turn(now)
+        return min(next_send, self.phase_start + timing.DISCOVERY_MIN if heard_all
+                   else self.phase_start + timing.DISCOVERY_MAX)
+
+    def _take_turn(self, now: float) -> float:
+        """After discovery or while waiting: ask, found, or keep waiting.
+
+        We wait for every joining node ahead of us in the join order, and for any node that is
+        asking the hive right now (even one behind us that did not know of us when it began):
+        one asker at a time is what makes simultaneous joins equal sequential ones."""
+        ahead = self.membership.joiners_ahead(join_order_key(self.joining_since, self.node_id))
+        asking = self.membership.joiners_asking(now)
+        if ahead or asking:
+            if self.phase is not Phase.WAIT:
+                if ahead:
+                    LOG.info("Waiting for %d joining node(s) ahead of me: %s", len(ahead),
+                             ", ".join(j.hostname for j in ahead))
+                else:
+                    LOG.info("Waiting while %s ask(s) the hive",
+                             ", ".join(j.hostname for j in asking))
+                self.phase = Phase.WAIT
+            return min([now + timing.JOINING_KEEPALIVE] + [j.asking_until for j in asking])
+        members = self.membership.established()
+        hold = self.guard.begin(now, founding=not members) if self.guard is not None else None
+        if hold is not None:
+            self.phase = Phase.WAIT
+            return hold
+        if not members:
+            self._found()
+            return now
+        LOG.info("Discovered %d peer(s)", len(members))
+        LOG.info("Asking peers for role assignment...")
+        self._begin_asking(now, Phase.ASK, len(members))
+        return self._tick_ask(now)
+
+    def _begin_asking(self, now: float, phase: Phase, advisors: int) -> None:
+        self.phase, self.phase_start, self.sent = phase, now, 0
+        self.advice = {}
+        self.request_id = os.urandom(8).hex()  # advice for another round never counts here
+        self.expected_advisors = advisors
+
+    def _tick_wait(self, now: float) -> float:
+        return self._take_turn(now)
+
+    def _tick_ask(self, now: float) -> float:
+        next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, lambda: Send(
+            "IDENTIFY", {"request": "who_am_i", "request_id": self.request_id,
+                         "candidate_ip": None, "capabilities": self.capabilities,
+                         "attempt": self.sent, "joining_since": self.joining_since_text()}))
+        key = join_order_key(self.joining_since, self.node_id)
+        rivals = [j for j in self.membership.joiners_asking(now) if j.key < key]
+        if rivals:
+            # Someone ahead of us is asking at the same time: its turn first; this advice
+            # did not count it, so it is discarded and we ask again after it settled.
+            LOG.info("%s is asking the hive ahead of me; waiting for it",
+                     ", ".join(j.hostname for j in rivals))
+            self.phase = Phase.WAIT
+            self.advice = {}
+            self._status("joining")  # tell the others we stopped asking: nobody waits for us
+            return now
+        if len(self.advice) >= self.expected_advisors:
+            self._decide()
+            return now
+        if now - self.phase_start >= timing.ADVICE_TIMEOUT:
+            if self.advice:
+                LOG.warning("Only %d of %d peer(s) advised; deciding with their advice",
+                            len(self.advice), self.expected_advisors)
+                self._decide()
+                return now
+            LOG.warning("No advice received from peers; asking again in %.0fs "
+                        "(is build-advisor running on them, with the same secret?)",
+                        self.reask_backoff)
+            self.phase, self.phase_start = Phase.BACKOFF, now + self.reask_backoff
+            self.reask_backoff = min(self.reask_backoff * 2, timing.REASK_BACKOFF_MAX)
+            # Whoever can be advised goes first: we pause saying so (STATUS 'backoff', never
+            # waited for) and come back at the end of the queue, behind those now waiting.
+            self.joining_since = self.clock()
+            self._status("backoff")
+            return self.phase_start
+        return min(next_send, self.phase_start + timing.ADVICE_TIMEOUT)
+
+    def _tick_backoff(self, now: float) -> float:
+        if now >= self.phase_start:
+            self._begin_discovery(now)
+            return now
+        return self.phase_start
+
+    def _found(self) -> None:
+        if self.guard is not None and not self.guard.claim("founder"):
+            self._begin_discovery(self._now)  # another node founded the hive just now: join it
+            return
+        LOG.info("No peers found; this may be the first node (founder role).")
+        self._settle({"role": "founder", "packages": [], "config": {}, "assigned_by": ["self"],
+                      "reason": "no peers found", "votes": {}})
+
+    def _decide(self) -> None:
+        decision = consensus.decide(self.advice)
+        if self.guard is not None and not self.guard.claim(decision.role):
+            self.phase, self.advice = Phase.WAIT, {}  # the advice did not count that node
+            self._status("joining")
+            return
+        self._settle({"role": decision.role, "packages": decision.packages,
+                      "config": decision.config, "assigned_by": decision.assigned_by,
+                      "reason": decision.reason, "votes": decision.votes})
+
+    def _settle(self, identity: dict, move: bool = False) -> None:
+        self.decisions.append(Settle(identity, move))
+        self.role = identity["role"]
+        self.phase = Phase.OPERATE
+        self.joining_since = None
+        self.reask_backoff = timing.REASK_BACKOFF_FIRST
+        self.advice = {}
+
+    # --- moving (healing) ---------------------------------------------------------------------
+    def begin_move(self, now: float) -> None:
+        """Healing chose this node: ask the hive for a new role."""
+        self._now = now
+        LOG.info("Asking peers for a new role (was '%s')...", self.role)
+        self._begin_asking(now, Phase.MOVE,
+                           len(self.membership.established(exclude=[self.node_id])))
+        if self.guard is not None:
+            self.guard.begin(now, move=True)
+        self.outbox.append(Send("STATUS", {"state": "moving"}))
+
+    def _tick_move(self, now: float) -> float:
+        """Returns when to look again; a move that gives nothing ends with ``move_failed``."""
+        next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, lambda: Send(
+            "IDENTIFY", {"request": "who_am_i", "request_id": self.request_id, "reask": True,
+                         "role": self.role, "candidate_ip": None,
+                         "capabilities": self.capabilities, "attempt": self.sent}))
+        rivals = [m for m in self.membership.members.values()
+                  if m.is_moving(now) and m.node_id < self.node_id]
+        if rivals:  # two movers from views that differed for a moment: the lower id goes on
+            LOG.info("%s is moving too; giving way", ", ".join(m.hostname for m in rivals))
+            return self._end_move()
+        if len(self.advice) >= self.expected_advisors:
+            return self._finish_move()
+        if now - self.phase_start >= timing.ADVICE_TIMEOUT:
+            if self.advice:
+                LOG.warning("Only %d of %d peer(s) advised; deciding with their advice",
+                            len(self.advice), self.expected_advisors)
+                return self._finish_move()
+            LOG.warning("No advice received for the move; staying '%s' for now", self.role)
+            return self._end_move()
+        return min(next_send, self.phase_start + timing.ADVICE_TIMEOUT)
+
+    def _end_move(self) -> float:
+        """Back to operate, role unchanged: the agent starts the grace again."""
+        self.phase = Phase.OPERATE
+        self.advice = {}
+        self.move_failed = True
+        self.outbox.append(Send("STATUS", {"state": "active"}))
+        return self._now
+
+    def _finish_move(self) -> float:
+        decision = consensus.decide(self.advice)
+        if decision.role == self.role:
+            LOG.info("The hive advised me to stay '%s'", self.role)
+            return self._end_move()
+        if self.guard is not None and not self.guard.claim(decision.role):
+            return self._end_move()
+        self._settle({"role": decision.role, "packages": decision.packages,
+                      "config": decision.config, "assigned_by": decision.assigned_by,
+                      "reason": decision.reason, "votes": decision.votes,
+                      "previous_role": self.role}, move=True)
+        return self._now
