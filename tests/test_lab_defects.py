@@ -156,9 +156,11 @@ def test_a_member_whose_clock_steps_back_stays_alive(make_lab):
     i = lab.add(1)[0]
     config = str(lab.host_dir(i) / "hive.toml")
     log = open(lab.host_dir(i) / "agent.log", "ab")
+    # Its own session: hive-lab exec runs the agent as a child, and all of it must go at the end.
     proc = subprocess.Popen([str(LAB_SCRIPT), "exec", str(i), "env", f"PYTHONPATH={REPO}",
                              lab.env["HIVE_LAB_PYTHON"], str(DATA / "clock_step.py"), "4", "-30",
-                             "--", "--config", config], env=lab.env, stdout=log, stderr=log)
+                             "--", "--config", config], env=lab.env, stdout=log, stderr=log,
+                            start_new_session=True)
     try:
         lab.wait(i, timeout=20)
         name = f"build{i}"
@@ -173,6 +175,6 @@ def test_a_member_whose_clock_steps_back_stays_alive(make_lab):
             assert f"Peer {name} ({lab.ip(i)}) is dead" not in lab.log(j)
         assert proc.poll() is None, lab.log(i)
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         log.close()
