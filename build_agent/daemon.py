@@ -75,6 +75,15 @@ def watchdog_period() -> float | None:
         return None
 
 
+# The daemon's own line to systemd: a child that inherited it would speak for the daemon.
+PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def child_environ() -> dict[str, str]:
+    """Our environment without PRIVATE_ENV: what a child process (apt, systemd-run) gets."""
+    return {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
+
+
 def local_hostname() -> str:
     """This machine's hostname, if the hive can carry it (ConfigError with what to do if not):
     a node whose hostname receivers would reject must fail at start, not be silently muted."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import state, timing
+from .daemon import child_environ
 from .protocol import format_ts_seconds, is_valid_package
 
 LOG = logging.getLogger(__name__)
@@ -80,13 +81,9 @@ ACTIVE_STATES = ("active", "activating", "deactivating", "reloading", "refreshin
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
-# The agent's own line to systemd: a child that used it would speak for the agent.
-PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-
 def _run(argv: Sequence[str], timeout: float = timing.APT_COMMAND_TIMEOUT
          ) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
+    env = child_environ()
     env.update(APT_ENV)
     return subprocess.run(list(argv), env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, encoding="utf-8", errors="replace", timeout=timeout,

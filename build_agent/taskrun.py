@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import timing
+from .daemon import child_environ
 
 LOG = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ NOT_FOUND, NOT_EXECUTABLE = 127, 126  # as a shell says them
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CODE_DIR = str(Path(__file__).resolve().parent.parent)
 MIN_MEMORY = 256 * 1024 * 1024
-# The agent's own line to systemd must not reach a child (it would speak for the agent).
-PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 # What a task unit gets, besides DynamicUser=yes and the limits (systemd 252 and later).
 UNIT_SANDBOX = (
     "DynamicUser=yes",
@@ -352,7 +351,7 @@ class UnitRunner:
         fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                      | os.O_NOFOLLOW, 0o600)
         os.close(fd)  # exists, root's, 0600, before systemd appends to it
-        env = {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
+        env = child_environ()
         try:
             proc = subprocess.Popen(self.command(run, output_path), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, env=env, close_fds=True)
