@@ -382,7 +382,7 @@ close_firewall() {
 
 # --- services and the agent's log ---------------------------------------------------------------
 
-# The lines of the agent's log a user wants to see while the node joins (see the README).
+# The lines of the agent's log a user wants to see while the node joins (see docs/install.md).
 is_join_line() {
     case $1 in
         "Discovered "*|"Asking peers"*|" <- "*|"Consensus: "*|"Packages: "*|"No peers found"*) return 0 ;;

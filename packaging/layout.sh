@@ -12,6 +12,7 @@
 #   man page       /usr/local/share/man/man1/hive.1             /usr/share/man/man1/hive.1.gz
 #   completion     /usr/local/share/bash-completion/completions/hive   /usr/share/bash-completion/completions/hive
 #   config         /etc/build/hive.toml (written if missing)    /etc/build/hive.toml (conffile)
+#   docs           /opt/build-agent/README.md, docs/*.md        /usr/lib/build-hive/README.md, docs/*.md
 #
 # It only defines names and functions (no side effects when sourced).
 
@@ -34,15 +35,21 @@ HIVE_SOURCE_FILES=(build_agent/__init__.py build_agent/__main__.py build_agent/c
                    "$HIVE_MAN_SOURCE" "$HIVE_COMPLETION_GENERATOR")
 
 # hive_stage_code SRC DEST VERSION: DEST (new, empty or missing) gets the code: the Python
-# packages, bootstrap.sh, VERSION, README.md (the units' Documentation=) and the example role
-# hook, readable by everyone, writable by root only.
+# packages, bootstrap.sh, VERSION, README.md (the units' Documentation=) with the pages it links
+# to (docs/*.md, as docs/ beside it, so its links work where it is installed) and the example
+# role hook, readable by everyone, writable by root only.
 hive_stage_code() {
-    local src=$1 dest=$2 version=$3
+    local src=$1 dest=$2 version=$3 page
     install -d -m 0755 "$dest"
     tar -C "$src" --exclude='__pycache__' --exclude='*.pyc' --no-same-owner -cf - \
         "${HIVE_PACKAGES[@]}" | tar -C "$dest" --no-same-owner -xf -
     install -m 0755 "$src/scripts/bootstrap.sh" "$dest/bootstrap.sh"
     [ ! -f "$src/README.md" ] || install -m 0644 "$src/README.md" "$dest/README.md"
+    for page in "$src"/docs/*.md; do
+        [ -f "$page" ] || continue
+        install -d -m 0755 "$dest/docs"
+        install -m 0644 "$page" "$dest/docs/${page##*/}"
+    done
     if [ -f "$src/$HIVE_EXAMPLE_HOOK" ]; then  # an example, not active (mode 0644): see README
         install -d -m 0755 "$dest/$(dirname "$HIVE_EXAMPLE_HOOK")"
         install -m 0644 "$src/$HIVE_EXAMPLE_HOOK" "$dest/$HIVE_EXAMPLE_HOOK"
