@@ -9,6 +9,7 @@
 #   code           /opt/build-agent/                            /usr/lib/build-hive/
 #   units          /etc/systemd/system/                         /lib/systemd/system/
 #   hive command   /usr/local/bin/hive                          /usr/bin/hive
+#   inventory      /usr/local/bin/hive-inventory                /usr/bin/hive-inventory
 #   man page       /usr/local/share/man/man1/hive.1             /usr/share/man/man1/hive.1.gz
 #   completion     /usr/local/share/bash-completion/completions/hive   /usr/share/bash-completion/completions/hive
 #   config         /etc/build/hive.toml (written if missing)    /etc/build/hive.toml (conffile)
@@ -74,6 +75,18 @@ hive_render_cli() {
 #!/bin/sh
 # hive: the Build Hive command line (installed by $by; code in $code_dir).
 PYTHONPATH=$code_dir\${PYTHONPATH:+:\$PYTHONPATH} PYTHONDONTWRITEBYTECODE=1 exec $python -P -m build_agent.cli "\$@"
+WRAPPER
+}
+
+# hive_render_inventory CLI INSTALLED_BY: hive-inventory, `hive inventory` as an executable file,
+# which Ansible's script inventory plugin runs with --list or --host NAME
+# (`ansible -i /usr/local/bin/hive-inventory builder -m ping`); HIVE_CONFIG names another hive.toml.
+hive_render_inventory() {
+    local cli=$1 by=$2
+    cat <<WRAPPER
+#!/bin/sh
+# hive-inventory: the Build Hive as an Ansible dynamic inventory (installed by $by).
+exec $cli \${HIVE_CONFIG:+--config "\$HIVE_CONFIG"} inventory "\$@"
 WRAPPER
 }
 

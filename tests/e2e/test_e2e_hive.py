@@ -128,6 +128,18 @@ def test_walkthrough_state(hive, diagnose):
     hx.wait_for(all_see_all, 30, "every node's peers.json to list the two others")
     assert jq(nodes["build3"], '.peers[] | select(.hostname == "build1") | .role',
               "/var/lib/build/peers.json") == "founder"
+    # The controller's Ansible inventory script, as install.sh installed it (ansible -i runs it).
+    controller = nodes["build2"]
+    assert controller.path("/usr/local/bin/hive-inventory").stat().st_mode & 0o111 == 0o111
+    listed = json.loads(controller.run("/usr/local/bin/hive-inventory", "--list").stdout)
+    assert {g: v["hosts"] for g, v in listed.items() if g != "_meta"} == \
+        {"founder": ["build1"], "controller": ["build2"], "builder": ["build3"]}
+    peers = json.loads(controller.read("/var/lib/build/peers.json"))
+    for peer in peers["peers"]:
+        assert listed["_meta"]["hostvars"][peer["hostname"]]["ansible_host"] == peer["ip"]
+    one = json.loads(controller.run("/usr/local/bin/hive-inventory", "--host", "build3").stdout)
+    assert (one["hive_role"], one["ansible_host"]) == \
+        ("builder", listed["_meta"]["hostvars"]["build3"]["ansible_host"])
 
 
 def test_roles_packages_really_installed(hive, diagnose):
