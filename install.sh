@@ -20,6 +20,7 @@ UNIT_DIR=/etc/systemd/system
 CLI=/usr/local/bin/hive
 INVENTORY=/usr/local/bin/hive-inventory  # hive inventory for ansible -i
 MAN_PAGE=/usr/local/share/man/man1/hive.1
+MAN_ALIAS=/usr/local/share/man/man1/hive-inventory.1  # -> hive.1, which documents both
 COMPLETION=/usr/local/share/bash-completion/completions/hive
 PACKAGE=build-hive  # the Debian package of the same code (scripts/make-release builds it)
 CONF_DIR=/etc/build
@@ -264,6 +265,7 @@ install_cli() {
     hive_render_cli "$PREFIX" "$PYTHON" install.sh | install_file 0755 "$CLI"
     hive_render_inventory "$CLI" install.sh | install_file 0755 "$INVENTORY"
     install_file 0644 "$MAN_PAGE" < "$SRC/$HIVE_MAN_SOURCE"
+    ln -sfn "$(basename "$MAN_PAGE")" "$MAN_ALIAS"
     printf '%s\n' "$COMPLETION_TEXT" | install_file 0644 "$COMPLETION"
 }
 
@@ -522,7 +524,7 @@ do_uninstall() {
     systemctl daemon-reload
     systemctl reset-failed "${UNITS[@]}" 2>/dev/null || true
     rm -rf "$PREFIX" "$PREFIX.new" "$PREFIX.old"
-    rm -f "$CLI" "$INVENTORY" "$MAN_PAGE" "$COMPLETION"
+    rm -f "$CLI" "$INVENTORY" "$MAN_PAGE" "$MAN_ALIAS" "$COMPLETION"
     rmdir "$(dirname "$COMPLETION")" "$(dirname "$(dirname "$COMPLETION")")" 2>/dev/null || true
     say "Removed build-agent and build-advisor services, $PREFIX and $CLI."
     if [ "$purge" -eq 1 ]; then

@@ -11,6 +11,7 @@
 #   hive command   /usr/local/bin/hive                          /usr/bin/hive
 #   inventory      /usr/local/bin/hive-inventory                /usr/bin/hive-inventory
 #   man page       /usr/local/share/man/man1/hive.1             /usr/share/man/man1/hive.1.gz
+#                  (and hive-inventory.1, a symlink to it)      (and hive-inventory.1.gz, likewise)
 #   completion     /usr/local/share/bash-completion/completions/hive   /usr/share/bash-completion/completions/hive
 #   config         /etc/build/hive.toml (written if missing)    /etc/build/hive.toml (conffile)
 #   docs           /opt/build-agent/README.md, docs/*.md        /usr/lib/build-hive/README.md, docs/*.md

@@ -8,6 +8,7 @@ repository, hardening scores, restarts, `hive reset`, a second install, bootstra
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -131,6 +132,8 @@ def test_walkthrough_state(hive, diagnose):
     # The controller's Ansible inventory script, as install.sh installed it (ansible -i runs it).
     controller = nodes["build2"]
     assert controller.path("/usr/local/bin/hive-inventory").stat().st_mode & 0o111 == 0o111
+    alias = controller.path("/usr/local/share/man/man1/hive-inventory.1")   # man hive-inventory
+    assert os.readlink(alias) == "hive.1" and alias.resolve().exists()
     listed = json.loads(controller.run("/usr/local/bin/hive-inventory", "--list").stdout)
     assert {g: v["hosts"] for g, v in listed.items() if g != "_meta"} == \
         {"founder": ["build1"], "controller": ["build2"], "builder": ["build3"]}
