@@ -18,7 +18,9 @@ set -euo pipefail
 PREFIX=/opt/build-agent
 UNIT_DIR=/etc/systemd/system
 CLI=/usr/local/bin/hive
+INVENTORY=/usr/local/bin/hive-inventory  # hive inventory for ansible -i
 MAN_PAGE=/usr/local/share/man/man1/hive.1
+MAN_ALIAS=/usr/local/share/man/man1/hive-inventory.1  # -> hive.1, which documents both
 COMPLETION=/usr/local/share/bash-completion/completions/hive
 PACKAGE=build-hive  # the Debian package of the same code (scripts/make-release builds it)
 CONF_DIR=/etc/build
@@ -49,7 +51,8 @@ usage: sudo bash install.sh [--timeout SECONDS]
        sudo bash install.sh --uninstall [--purge]
 
 Installs build-agent and build-advisor to $PREFIX, their systemd units to $UNIT_DIR,
-the 'hive' command to $CLI (with its man page and bash completion) and a default
+the 'hive' command to $CLI (with its man page, bash completion and $INVENTORY,
+the hive as an Ansible inventory) and a default
 $CONFIG (never overwritten), generates
 $SECRET on the first node (copy it to the others BEFORE installing them), starts both
 services and shows how this node joins the hive.
@@ -260,7 +263,9 @@ render_completion() {
 
 install_cli() {
     hive_render_cli "$PREFIX" "$PYTHON" install.sh | install_file 0755 "$CLI"
+    hive_render_inventory "$CLI" install.sh | install_file 0755 "$INVENTORY"
     install_file 0644 "$MAN_PAGE" < "$SRC/$HIVE_MAN_SOURCE"
+    ln -sfn "$(basename "$MAN_PAGE")" "$MAN_ALIAS"
     printf '%s\n' "$COMPLETION_TEXT" | install_file 0644 "$COMPLETION"
 }
 
@@ -382,7 +387,7 @@ close_firewall() {
 
 # --- services and the agent's log ---------------------------------------------------------------
 
-# The lines of the agent's log a user wants to see while the node joins (see the README).
+# The lines of the agent's log a user wants to see while the node joins (see docs/install.md).
 is_join_line() {
     case $1 in
         "Discovered "*|"Asking peers"*|" <- "*|"Consensus: "*|"Packages: "*|"No peers found"*) return 0 ;;
@@ -519,7 +524,7 @@ do_uninstall() {
     systemctl daemon-reload
     systemctl reset-failed "${UNITS[@]}" 2>/dev/null || true
     rm -rf "$PREFIX" "$PREFIX.new" "$PREFIX.old"
-    rm -f "$CLI" "$MAN_PAGE" "$COMPLETION"
+    rm -f "$CLI" "$INVENTORY" "$MAN_PAGE" "$MAN_ALIAS" "$COMPLETION"
     rmdir "$(dirname "$COMPLETION")" "$(dirname "$(dirname "$COMPLETION")")" 2>/dev/null || true
     say "Removed build-agent and build-advisor services, $PREFIX and $CLI."
     if [ "$purge" -eq 1 ]; then

@@ -10,6 +10,7 @@
   hive watch       live stream of hive messages on this LAN, verified and decoded
   hive task ...    build work on the hive's workers (run, submit, list, show, wait, cancel, logs;
                    on the controller, as root: see hive task --help)
+  hive inventory   the hive as an Ansible dynamic inventory (--list, --host NAME)
 
 Every command takes --config (default /etc/build/hive.toml) and --json.
 """
@@ -26,7 +27,7 @@ import sys
 import time
 from typing import Callable
 
-from . import protocol, readiness, state, taskcli, timing
+from . import inventory, protocol, readiness, state, taskcli, timing
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
 from .netif import NetworkError, find_interface, open_broadcast_sockets, open_multicast_socket
 
@@ -299,8 +300,20 @@ def cmd_watch(config: Config, args) -> int:
     return 0
 
 
+def cmd_inventory(config: Config, args, now: Callable[[], float] = time.time) -> int:
+    """An Ansible dynamic inventory from this node's peers.json and identity.json (the script
+    protocol: --list, or --host NAME), as JSON whatever --json says."""
+    hive, problems = inventory.build(_read(config.peers_path), _read(config.identity_path), now())
+    for problem in problems:
+        print(f"hive inventory: {problem}", file=sys.stderr)
+    print(json.dumps(inventory.host(hive, args.host) if args.host is not None else hive,
+                     indent=2, sort_keys=True))
+    return 0
+
+
 COMMANDS = {"status": cmd_status, "peers": cmd_peers, "identity": cmd_identity,
-            "plan": cmd_plan, "reset": cmd_reset, "watch": cmd_watch, "task": taskcli.cmd_task}
+            "plan": cmd_plan, "reset": cmd_reset, "watch": cmd_watch, "task": taskcli.cmd_task,
+            "inventory": cmd_inventory}
 
 
 def _seconds(text: str) -> float:
@@ -340,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--count", type=int, default=None, help="stop after N messages")
     watch.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
     taskcli.add_parser(sub, common)
+    ansible = sub.add_parser("inventory", parents=[common],
+                             help="the hive as an Ansible dynamic inventory")
+    which = ansible.add_mutually_exclusive_group()
+    which.add_argument("--list", action="store_true",
+                       help="every group and host with its variables (the default)")
+    which.add_argument("--host", metavar="NAME", default=None, help="one host's variables")
     return parser
 
 

@@ -108,7 +108,7 @@ class Config:
     rebalance_cooldown: float | None = None
     # Executables run (run-parts order) when this node's role changes; a missing folder: none.
     role_hooks_dir: str = "/etc/build/role.d"
-    # Discovery beyond one broadcast domain (see README "Hives that span subnets").
+    # Discovery beyond one broadcast domain (see docs/subnets.md).
     discovery: tuple[str, ...] = ("broadcast",)
     multicast_group: str = DEFAULT_MULTICAST_GROUP
     multicast_ttl: int = 1

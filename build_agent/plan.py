@@ -4,7 +4,7 @@ Pure functions: no I/O, no clock (``now`` is passed in), no randomness.  Every m
 the plan from its own view of the hive; equal views give equal plans, so the node chosen to
 move is the same on every node and only it acts.
 
-The rules (documented in the README, "Healing"):
+The rules (documented in docs/healing.md):
 - **What the hive wants** (``desired``): role -> count, at most one role may say ``"rest"`` (every
   member not counted by the others).  The policy's ``desired_roles(view)`` says it; without one,
   it is derived by replaying ``suggest_role`` for the members in join order (see ``replay``),

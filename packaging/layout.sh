@@ -9,9 +9,12 @@
 #   code           /opt/build-agent/                            /usr/lib/build-hive/
 #   units          /etc/systemd/system/                         /lib/systemd/system/
 #   hive command   /usr/local/bin/hive                          /usr/bin/hive
+#   inventory      /usr/local/bin/hive-inventory                /usr/bin/hive-inventory
 #   man page       /usr/local/share/man/man1/hive.1             /usr/share/man/man1/hive.1.gz
+#                  (and hive-inventory.1, a symlink to it)      (and hive-inventory.1.gz, likewise)
 #   completion     /usr/local/share/bash-completion/completions/hive   /usr/share/bash-completion/completions/hive
 #   config         /etc/build/hive.toml (written if missing)    /etc/build/hive.toml (conffile)
+#   docs           /opt/build-agent/README.md, docs/*.md        /usr/lib/build-hive/README.md, docs/*.md
 #
 # It only defines names and functions (no side effects when sourced).
 
@@ -34,15 +37,21 @@ HIVE_SOURCE_FILES=(build_agent/__init__.py build_agent/__main__.py build_agent/c
                    "$HIVE_MAN_SOURCE" "$HIVE_COMPLETION_GENERATOR")
 
 # hive_stage_code SRC DEST VERSION: DEST (new, empty or missing) gets the code: the Python
-# packages, bootstrap.sh, VERSION, README.md (the units' Documentation=) and the example role
-# hook, readable by everyone, writable by root only.
+# packages, bootstrap.sh, VERSION, README.md (the units' Documentation=) with the pages it links
+# to (docs/*.md, as docs/ beside it, so its links work where it is installed) and the example
+# role hook, readable by everyone, writable by root only.
 hive_stage_code() {
-    local src=$1 dest=$2 version=$3
+    local src=$1 dest=$2 version=$3 page
     install -d -m 0755 "$dest"
     tar -C "$src" --exclude='__pycache__' --exclude='*.pyc' --no-same-owner -cf - \
         "${HIVE_PACKAGES[@]}" | tar -C "$dest" --no-same-owner -xf -
     install -m 0755 "$src/scripts/bootstrap.sh" "$dest/bootstrap.sh"
     [ ! -f "$src/README.md" ] || install -m 0644 "$src/README.md" "$dest/README.md"
+    for page in "$src"/docs/*.md; do
+        [ -f "$page" ] || continue
+        install -d -m 0755 "$dest/docs"
+        install -m 0644 "$page" "$dest/docs/${page##*/}"
+    done
     if [ -f "$src/$HIVE_EXAMPLE_HOOK" ]; then  # an example, not active (mode 0644): see README
         install -d -m 0755 "$dest/$(dirname "$HIVE_EXAMPLE_HOOK")"
         install -m 0644 "$src/$HIVE_EXAMPLE_HOOK" "$dest/$HIVE_EXAMPLE_HOOK"
@@ -67,6 +76,18 @@ hive_render_cli() {
 #!/bin/sh
 # hive: the Build Hive command line (installed by $by; code in $code_dir).
 PYTHONPATH=$code_dir\${PYTHONPATH:+:\$PYTHONPATH} PYTHONDONTWRITEBYTECODE=1 exec $python -P -m build_agent.cli "\$@"
+WRAPPER
+}
+
+# hive_render_inventory CLI INSTALLED_BY: hive-inventory, `hive inventory` as an executable file,
+# which Ansible's script inventory plugin runs with --list or --host NAME
+# (`ansible -i /usr/local/bin/hive-inventory builder -m ping`); HIVE_CONFIG names another hive.toml.
+hive_render_inventory() {
+    local cli=$1 by=$2
+    cat <<WRAPPER
+#!/bin/sh
+# hive-inventory: the Build Hive as an Ansible dynamic inventory (installed by $by).
+exec $cli \${HIVE_CONFIG:+--config "\$HIVE_CONFIG"} inventory "\$@"
 WRAPPER
 }
 

@@ -12,6 +12,7 @@ build2 joins it with the package.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -102,8 +103,9 @@ def test_a_node_joins_the_hive_with_the_package(deb_hive, lab, diagnose):
     assert (verify.returncode, verify.stdout, verify.stderr) == (0, "", ""), verify.stderr
     owner = host.run("dpkg-query", "-S", "/usr/bin/hive", f"/lib/systemd/system/{UNITS[0]}",
                      "/usr/share/man/man1/hive.1.gz",
-                     "/usr/share/bash-completion/completions/hive").stdout
-    assert owner.count("build-hive: ") == 4, owner
+                     "/usr/share/bash-completion/completions/hive", "/usr/bin/hive-inventory",
+                     f"{CODE_DIR}/docs/operations.md").stdout
+    assert owner.count("build-hive: ") == 6, owner
     conffiles = host.run("dpkg-query", "-W", "-f=${Conffiles}", "build-hive").stdout.split()
     assert conffiles[0] == "/etc/build/hive.toml"
     assert (hx.REPO / "packaging/hive.toml").read_text() == host.read("/etc/build/hive.toml")
@@ -111,6 +113,16 @@ def test_a_node_joins_the_hive_with_the_package(deb_hive, lab, diagnose):
     assert json.loads(host.run("hive", "status", "--json").stdout)["role"] == "controller"
     assert host.run("zcat", "/usr/share/man/man1/hive.1.gz").stdout.startswith(".\\\" Man page of hive")
     assert completes(host, "st") == ["status"]
+    # The Ansible inventory script (ansible -i /usr/bin/hive-inventory runs it).
+    assert host.path("/usr/bin/hive-inventory").stat().st_mode & 0o111 == 0o111
+    alias = host.path("/usr/share/man/man1/hive-inventory.1.gz")   # man hive-inventory
+    assert os.readlink(alias) == "hive.1.gz" and alias.resolve().exists()
+    hx.wait_for(lambda: "build1" in host.read("/var/lib/build/peers.json"), 30,
+                "build2's peers.json to list build1")
+    listed = json.loads(host.run("/usr/bin/hive-inventory", "--list").stdout)
+    assert listed["controller"]["hosts"] == ["build2"] and listed["founder"]["hosts"] == ["build1"]
+    assert listed["_meta"]["hostvars"]["build1"]["ansible_host"] == \
+        json.loads(host.read("/var/lib/build/peers.json"))["peers"][0]["ip"]
     assert "--no-restart" in completes(host, "reset", "--")
     assert list(host.path(CODE_DIR).glob("build_agent/__pycache__/*.pyc")), "postinst compiles"
 
@@ -194,10 +206,11 @@ def test_remove_keeps_config_and_identity_and_purge_removes_everything(deb_hive,
     apt(host, "remove", "build-hive")
     assert host.run("systemctl", "is-active", *UNITS, check=False).stdout.split() \
         == ["inactive", "inactive"]
-    for path in (CODE_DIR, "/usr/bin/hive", "/usr/share/man/man1/hive.1.gz",
+    for path in (CODE_DIR, "/usr/bin/hive", "/usr/bin/hive-inventory", "/usr/share/man/man1/hive.1.gz",
+                 "/usr/share/man/man1/hive-inventory.1.gz",
                  "/usr/share/bash-completion/completions/hive",
                  *(f"/lib/systemd/system/{unit}" for unit in UNITS)):
-        assert not host.path(path).exists(), path
+        assert not host.path(path).exists() and not host.path(path).is_symlink(), path
     for path in ("/etc/build/hive.toml", "/etc/build/shared_secret", "/var/lib/build/identity.json"):
         assert host.path(path).exists(), path
     assert host.run("dpkg-query", "-W", "-f=${Status}", "build-hive").stdout \

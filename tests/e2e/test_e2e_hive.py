@@ -8,6 +8,7 @@ repository, hardening scores, restarts, `hive reset`, a second install, bootstra
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -128,6 +129,20 @@ def test_walkthrough_state(hive, diagnose):
     hx.wait_for(all_see_all, 30, "every node's peers.json to list the two others")
     assert jq(nodes["build3"], '.peers[] | select(.hostname == "build1") | .role',
               "/var/lib/build/peers.json") == "founder"
+    # The controller's Ansible inventory script, as install.sh installed it (ansible -i runs it).
+    controller = nodes["build2"]
+    assert controller.path("/usr/local/bin/hive-inventory").stat().st_mode & 0o111 == 0o111
+    alias = controller.path("/usr/local/share/man/man1/hive-inventory.1")   # man hive-inventory
+    assert os.readlink(alias) == "hive.1" and alias.resolve().exists()
+    listed = json.loads(controller.run("/usr/local/bin/hive-inventory", "--list").stdout)
+    assert {g: v["hosts"] for g, v in listed.items() if g != "_meta"} == \
+        {"founder": ["build1"], "controller": ["build2"], "builder": ["build3"]}
+    peers = json.loads(controller.read("/var/lib/build/peers.json"))
+    for peer in peers["peers"]:
+        assert listed["_meta"]["hostvars"][peer["hostname"]]["ansible_host"] == peer["ip"]
+    one = json.loads(controller.run("/usr/local/bin/hive-inventory", "--host", "build3").stdout)
+    assert (one["hive_role"], one["ansible_host"]) == \
+        ("builder", listed["_meta"]["hostvars"]["build3"]["ansible_host"])
 
 
 def test_roles_packages_really_installed(hive, diagnose):

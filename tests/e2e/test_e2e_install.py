@@ -202,9 +202,11 @@ def test_uninstall_keeps_identity_and_purge_removes_everything(policy_hive, diag
     before = identity(host)
     out = host.run("bash", "/src/install.sh", "--uninstall").stdout
     assert "Kept /var/lib/build (identity) and /etc/build (config and shared secret)" in out
-    for path in ("/opt/build-agent", "/usr/local/bin/hive", "/etc/systemd/system/build-agent.service",
+    for path in ("/opt/build-agent", "/usr/local/bin/hive", "/usr/local/bin/hive-inventory",
+                 "/usr/local/share/man/man1/hive-inventory.1",
+                 "/etc/systemd/system/build-agent.service",
                  "/etc/systemd/system/build-advisor.service"):
-        assert not host.path(path).exists(), path
+        assert not host.path(path).exists() and not host.path(path).is_symlink(), path
     states = host.run("systemctl", "is-active", "build-agent", "build-advisor", check=False)
     assert states.stdout.split() == ["inactive", "inactive"]
     assert host.path("/var/lib/build/identity.json").exists()

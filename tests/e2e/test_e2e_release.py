@@ -189,6 +189,26 @@ def test_the_package_holds_the_same_units_code_and_config_as_install_sh(built, t
         assert result.returncode == 0, result.stdout
 
 
+def test_both_install_paths_ship_the_readme_with_the_docs_pages_it_links_to(built):
+    """README.md is installed beside the code (the units' Documentation=) and links to docs/*.md:
+    the tarball (so install.sh) and the package carry every page, so those links work where it
+    is installed; docs/incoming/ (sections not placed yet) is not shipped."""
+    pages = sorted(p.name for p in (REPO / "docs").glob("*.md"))
+    linked = sorted(set(re.findall(r"\]\(docs/([\w.-]+\.md)(?:#[\w-]*)?\)",
+                                   (REPO / "README.md").read_text())))
+    assert linked and set(linked) <= set(pages), linked
+    top = f"build-hive-{version()}"
+    with tarfile.open(built["tarball"]) as archive:
+        names = set(archive.getnames())
+    files = deb_files(built["deb"])
+    assert f"{top}/README.md" in names and f"{DEB_CODE_DIR}/README.md" in files
+    for page in pages:
+        assert f"{top}/docs/{page}" in names, page
+        assert files[f"{DEB_CODE_DIR}/docs/{page}"] == (REPO / "docs" / page).read_bytes(), page
+    assert not [n for n in names if "/docs/incoming" in n]
+    assert not [n for n in files if "/docs/incoming" in n]
+
+
 def test_the_package_is_lintian_clean(built):
     """Debian's lintian at every level (errors to pedantic and experimental), apart from the
     overrides in packaging/debian/lintian-overrides (each with its reason; an override that no

@@ -6,8 +6,8 @@ newest secret joins: it is advised by a member only if that member's build-advis
 user that never reads /etc/build/shared_secret itself) really took the new secret.  So the
 check is its identity.json: `assigned_by` must list every member.
 
-- the README's zero-downtime rotation (add as a second line, reload; swap, reload; drop the old
-  one, reload), with `systemctl reload build-agent build-advisor` on every member;
+- the zero-downtime rotation of docs/security.md (add as a second line, reload; swap, reload;
+  drop the old one, reload), with `systemctl reload build-agent build-advisor` on every member;
 - a reload with an unchanged file says so, one with an unusable file fails visibly and keeps
   the advisor's secret, a start with an unusable file fails in one line;
 - the seed's recipe: the new secret copied to every member, `systemctl restart build-agent` only;
@@ -98,7 +98,7 @@ def assert_advised_by_every_member(host: hx.Container, members, transcript: str)
 
 def test_readme_zero_downtime_rotation_reaches_every_advisor(rot, lab, diagnose):
     members, old, new = rot["members"], rot["secret"], secrets.token_hex(32)
-    steps = [  # (the README's step, a script doing it, secrets in use afterwards)
+    steps = [  # (docs/security.md's step, a script doing it, secrets in use afterwards)
         ("add the new secret as a second line", f"echo '{new}' >> {SECRET}\n", 2),
         ("swap the lines", f"printf '%s\\n%s\\n' '{new}' '{old}' > {SECRET}\n", 2),
         ("drop the old one", f"echo '{new}' > {SECRET}\n", 1),

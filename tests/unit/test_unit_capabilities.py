@@ -1,4 +1,4 @@
-"""has_gpu from a fake sysfs: which PCI devices count as a GPU (README "Policies")."""
+"""has_gpu from a fake sysfs: which PCI devices count as a GPU (docs/policies.md)."""
 
 from __future__ import annotations
 
