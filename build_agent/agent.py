@@ -578,8 +578,13 @@ class Agent(Service):
             return self.metrics_written + self.config.heartbeat_interval
         self.metrics_written, self.metrics_dirty = now, False
         if self.exporter.enabled:
-            self.exporter.write(metrics.render(self.clock(), self._metrics_snapshot(now),
-                                               self.counters, self.rejects.counts))
+            try:
+                text = metrics.render(self.clock(), self._metrics_snapshot(now), self.counters,
+                                      self.rejects.counts)
+            except Exception:  # a bug here must not stop the agent
+                LOG.exception("Cannot render the metrics")
+            else:
+                self.exporter.write(text)
         return now + self.config.heartbeat_interval
 
     def _metrics_snapshot(self, now: float) -> metrics.Snapshot:

@@ -98,7 +98,7 @@ def test_secret_rotation_with_reload(make_lab):
 def test_hive_watch_shows_verified_and_rejected_messages(make_lab):
     lab = make_lab()
     lab.up(1)
-    watcher = 1  # a member: `hive watch` shares the broadcasts with its running daemons
+    watcher = 1  # a member: `hive watch` sees its traffic beside its running daemons
     import subprocess
     watch = subprocess.Popen([str(REPO / "scripts" / "hive-lab"), "hive", str(watcher), "watch",
                               "--json", "--seconds", "8"], env=lab.env, stdout=subprocess.PIPE,
