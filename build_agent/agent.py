@@ -30,7 +30,8 @@ import time
 from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
-from . import control, hooks, plan as plans, provision, readiness, state, taskrun, tasks, timing
+from . import control, hooks, metrics, plan as plans, provision, readiness, state, taskrun, tasks
+from . import timing
 from .config import Config
 from .daemon import Service
 from .discovery import Discovery, welcome_addresses
@@ -93,6 +94,12 @@ class Agent(Service):
         self.next_heartbeat = 0.0
         self.peers_dirty = True
         self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
+        # The metrics file (metrics.py): on changes (at most every METRICS_MIN_GAP) and at
+        # every heartbeat interval.
+        self.exporter = metrics.Exporter(config.metrics_file)
+        self.started_wall = clock()
+        self.metrics_dirty = True
+        self.metrics_written = float("-inf")
 
     # --- wiring -----------------------------------------------------------------------------
     def attach(self, broadcast_sock, unicast_sock) -> None:
@@ -241,8 +248,11 @@ class Agent(Service):
         relay = self.discovery.relay_target(message.kind)
         if relay is not None:
             self._relay(message, relay)
+        before = self.membership.members.get(message.node_id)
+        before_role = before.role if before is not None else None
         if self.membership.observe(message, source_ip, now):
             self.peers_dirty = self._plan_dirty = True
+            self._count_member(message.node_id, before_role)
         if message.kind == "IDENTIFY":
             self.peers_dirty = True  # the advisor waits for peers.json to show it (requests)
         if message.kind == "HELLO":
@@ -322,9 +332,11 @@ class Agent(Service):
             self.discovery.registry.set_record(self._etcd_record(),
                                                joining=self.identity is None)
         if self.peers_dirty:
+            self.metrics_dirty = True
             self._write_peers(now)
         self.state_file.update(self.life.phase, self.identity, self.life.expected_advisors,
                                len(self.life.advice))
+        deadlines.append(self._tick_metrics(now))
         return min(deadlines)
 
     def _tick_life(self, now: float) -> float:
@@ -366,6 +378,10 @@ class Agent(Service):
             identity = {**decision.identity, "assigned_at": wall, "node_id": self.node_id,
                         "hostname": self.hostname}
         identity.update(provisioned=False, provision_error=None)
+        if decision.move:
+            self.counters.own_moves += 1
+        else:
+            self.counters.own_joins += 1
         state.write_json_atomic(self.config.identity_path, identity)
         if identity["assigned_by"] == ["self"]:
             LOG.info("Identity: %s", identity["role"])
@@ -539,6 +555,51 @@ class Agent(Service):
         except OSError as exc:
             LOG.error("Cannot write %s: %s", self.config.peers_path, exc)
             self.peers_dirty = False
+
+    # --- metrics (metrics.py) -----------------------------------------------------------------
+    def _count_member(self, node_id: str, before_role: str | None) -> None:
+        """After the view changed for ``node_id``: a member that appeared, or changed role."""
+        self.metrics_dirty = True
+        member = self.membership.members.get(node_id)
+        if member is not None and before_role is None:
+            self.counters.peer_joins += 1
+        elif member is not None and member.role != before_role:
+            self.counters.peer_moves += 1
+
+    def _tick_metrics(self, now: float) -> float:
+        """Write the metrics file when the view changed (at most every METRICS_MIN_GAP) and
+        at least every heartbeat interval; returns when to look again."""
+        if not self.exporter.path:
+            return float("inf")
+        if self.metrics_dirty:
+            if now < self.metrics_written + timing.METRICS_MIN_GAP:
+                return self.metrics_written + timing.METRICS_MIN_GAP
+        elif now < self.metrics_written + self.config.heartbeat_interval:
+            return self.metrics_written + self.config.heartbeat_interval
+        self.metrics_written, self.metrics_dirty = now, False
+        if self.exporter.enabled:
+            try:
+                text = metrics.render(self.clock(), self._metrics_snapshot(now), self.counters,
+                                      self.rejects.counts)
+            except Exception:  # a bug here must not stop the agent
+                LOG.exception("Cannot render the metrics")
+            else:
+                self.exporter.write(text)
+        return now + self.config.heartbeat_interval
+
+    def _metrics_snapshot(self, now: float) -> metrics.Snapshot:
+        identity = self.identity or {}
+        moving = self.life.phase is Phase.MOVE
+        members = [(self.role, "moving" if moving else "active")] if self.role else []
+        members += [(m.role, "moving" if m.is_moving(now) else "active")
+                    for m in self.membership.established(exclude=[self.node_id])]
+        skipped = str(identity.get("provision_error") or "").startswith(readiness.SKIPPED)
+        return metrics.Snapshot(
+            self.hostname, self.node_id, self.role,
+            parse_ts(self._role_since()) if self.identity else None, self.started_wall,
+            (self.state_file.current or ("joining", ""))[0],
+            bool(self.identity) and (identity.get("provisioned") is True or skipped),
+            members, len(self.membership.joiners))
 
     # --- lifecycle ----------------------------------------------------------------------------
     def shutdown(self) -> None:

@@ -7,7 +7,11 @@
   hive identity    identity.json
   hive plan        what the hive would change now (healing) and why, without changing anything
   hive reset       remove identity.json and restart build-agent, which asks the hive again
-  hive watch       live stream of hive messages on this LAN, verified and decoded
+  hive watch       every hive message this node sends and receives (unicast too), decoded,
+                   verified (unsigned, forged, replayed ones marked)
+  hive send KIND key=value...
+                   sign one message with the hive's secret and send it (a test): broadcast,
+                   or --to ADDR
   hive task ...    build work on the hive's workers (run, submit, list, show, wait, cancel, logs;
                    on the controller, as root: see hive task --help)
   hive inventory   the hive as an Ansible dynamic inventory (--list, --host NAME)
@@ -20,16 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import selectors
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from typing import Callable
 
-from . import inventory, protocol, readiness, state, taskcli, timing
+from . import hivesend, inventory, protocol, readiness, state, taskcli, timing, wiretap
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
-from .netif import NetworkError, find_interface, open_broadcast_sockets, open_multicast_socket
+from .netif import NetworkError, find_interface
 
 
 def _print_json(data) -> None:
@@ -243,60 +247,97 @@ def cmd_reset(config: Config, args, run: Callable = subprocess.run) -> int:
     return 0
 
 
-def describe(message: protocol.Message) -> str:
-    """One line for a verified message: its kind-specific fields as key=value."""
-    skip = {"kind", "node_id", "hostname", "primary_ip", "ts", "capabilities"}
-    fields = " ".join(f"{key}={json.dumps(value, separators=(',', ':'))}"
-                      for key, value in message.payload.items() if key not in skip)
-    return f"{message.kind:<9} {message.hostname:<12} {fields}".rstrip()
-
-
-def cmd_watch(config: Config, args) -> int:
+def cmd_watch(config: Config, args, clock: Callable[[], float] = time.time) -> int:
+    """Every hive datagram this node sends or receives, from a packet socket (wiretap.py)."""
+    if os.geteuid() != 0:
+        return _err("watch needs root (it captures packets and verifies them with the secret): "
+                    "sudo hive watch")
     secrets = load_secrets(secret_path(config))
-    # The broadcast addresses (and the multicast group), shared with the daemons; the agent's
-    # own address is its alone, so unicast from other subnets is not seen here.
-    iface = find_interface(config.interface)
-    socks = open_broadcast_sockets(iface, config.port)
-    if "multicast" in config.discovery:
-        socks.append(open_multicast_socket(iface, config.multicast_group, config.port))
+    try:
+        capture = wiretap.open_capture()
+    except PermissionError:
+        return _err("watch cannot open a packet socket (CAP_NET_RAW is missing here): "
+                    "run it as root on the host, not in a restricted container")
+    tap = wiretap.Tap(config.port)
     guard = protocol.ReplayGuard()
-    selector = selectors.DefaultSelector()
-    for sock in socks:
-        selector.register(sock, selectors.EVENT_READ)
     end = time.monotonic() + args.seconds if args.seconds else None
     shown = 0
-    if not args.json:
-        print(f"Watching UDP {config.port} (broadcasts"
-              f"{', multicast' if 'multicast' in config.discovery else ''}; Ctrl-C stops)",
-              flush=True)
+    print(f"Watching UDP {config.port} on every interface, both directions (Ctrl-C stops)",
+          file=sys.stderr if args.json else sys.stdout, flush=True)
     try:
         while args.count is None or shown < args.count:
             timeout = None if end is None else end - time.monotonic()
             if timeout is not None and timeout <= 0:
                 break
-            ready = selector.select(timeout)
-            if not ready:
-                continue
-            data, (ip, _port) = ready[0][0].fileobj.recvfrom(protocol.MAX_DATAGRAM + 1)
-            now = time.time()
-            stamp = time.strftime("%H:%M:%S", time.localtime(now))
+            capture.settimeout(timeout)
             try:
-                message = protocol.decode(data, secrets, now, seen=guard)
-                if guard.is_replay(message, now):
-                    raise protocol.ProtocolError("replayed")
-            except protocol.ProtocolError as exc:
-                record = {"from": ip, "verified": False, "reason": str(exc), "bytes": len(data)}
-                line = f"{stamp} {ip:<15} REJECTED  {exc}"
+                frame, address = capture.recvfrom(65535)
+            except TimeoutError:
+                break
+            now = clock()
+            seen = tap.feed(frame, address, now)
+            if seen is None:
+                continue
+            direction, datagram = seen
+            # Replays are judged as the receiving daemons judge them: what arrives here.
+            verdict = wiretap.classify(datagram.data, secrets, now,
+                                       guard if direction == "in" else None)
+            if direction == "in" and tap.copy_of_recent(datagram, now) \
+                    and verdict.status == wiretap.REPLAYED:
+                verdict.status, verdict.reason = wiretap.DUPLICATE, "a copy sent to another " \
+                    "of this node's addresses (ignored by the daemons)"
+            if args.json:
+                print(json.dumps({"time": protocol.format_ts(now), "direction": direction,
+                                  "from": f"{datagram.src}:{datagram.sport}",
+                                  "to": f"{datagram.dst}:{datagram.dport}",
+                                  "interface": address[0], "status": verdict.status,
+                                  "verified": verdict.status == wiretap.OK,
+                                  "reason": verdict.reason, "payload": verdict.payload,
+                                  "bytes": len(datagram.data)}, sort_keys=True), flush=True)
             else:
-                record = {"from": ip, "verified": True, "payload": message.payload}
-                line = f"{stamp} {ip:<15} {describe(message)}"
-            print(json.dumps(record, sort_keys=True) if args.json else line, flush=True)
+                stamp = time.strftime("%H:%M:%S", time.localtime(now))
+                peer = datagram.dst if direction == "out" else datagram.src
+                mark = verdict.status if not verdict.reason else \
+                    f"{verdict.status} ({verdict.reason})"
+                print(f"{stamp} {'->' if direction == 'out' else '<-'} {peer:<15} "
+                      f"{wiretap.describe(verdict.payload, datagram.data)}"
+                      + ("" if verdict.status == wiretap.OK else f"  [{mark}]"), flush=True)
             shown += 1
     except KeyboardInterrupt:
         pass
     finally:
-        for sock in socks:
-            sock.close()
+        capture.close()
+    return 0
+
+
+def cmd_send(config: Config, args, clock: Callable[[], float] = time.time) -> int:
+    """Sign one message with the hive's secret and send it (hivesend.py)."""
+    try:
+        fields = hivesend.parse_fields(args.fields)
+    except hivesend.SendError as exc:
+        return _err(f"send: {exc}")
+    secrets = load_secrets(secret_path(config))
+    iface = find_interface(config.interface)
+    node_id = state.read_node_id(config.node_id_path)
+    if node_id is None and "node_id" not in fields:
+        return _err(f"send: this node has no node id yet ({config.node_id_path}): give one, "
+                    f"e.g. node_id=test-1")
+    try:
+        payload, data = hivesend.build(args.kind, fields, node_id or "", socket.gethostname(),
+                                       iface.address, clock(), secrets[0])
+        address = hivesend.destination(args.to, iface.broadcast, config.port)
+    except hivesend.SendError as exc:
+        return _err(f"send: {exc}")
+    try:
+        port = hivesend.send(data, iface.address, address)
+    except OSError as exc:
+        return _err(f"send: cannot send to {address[0]}:{address[1]}: {exc.strerror or exc}")
+    if args.json:
+        _print_json({"to": f"{address[0]}:{address[1]}", "from_port": port, "payload": payload,
+                     "bytes": len(data)})
+    else:
+        print(f"Sent {payload['kind']} ({len(data)} bytes, signed) from {iface.address}:{port} "
+              f"to {address[0]}:{address[1]}")
     return 0
 
 
@@ -312,8 +353,8 @@ def cmd_inventory(config: Config, args, now: Callable[[], float] = time.time) ->
 
 
 COMMANDS = {"status": cmd_status, "peers": cmd_peers, "identity": cmd_identity,
-            "plan": cmd_plan, "reset": cmd_reset, "watch": cmd_watch, "task": taskcli.cmd_task,
-            "inventory": cmd_inventory}
+            "plan": cmd_plan, "reset": cmd_reset, "watch": cmd_watch, "send": cmd_send,
+            "task": taskcli.cmd_task, "inventory": cmd_inventory}
 
 
 def _seconds(text: str) -> float:
@@ -349,9 +390,26 @@ def build_parser() -> argparse.ArgumentParser:
     reset = sub.add_parser("reset", parents=[common], help="forget the identity and ask again")
     reset.add_argument("--no-restart", action="store_true",
                        help="only remove identity.json (restart build-agent yourself)")
-    watch = sub.add_parser("watch", parents=[common], help="live stream of hive messages")
-    watch.add_argument("--count", type=int, default=None, help="stop after N messages")
-    watch.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
+    watch = sub.add_parser("watch", parents=[common],
+                           help="every hive message this node sends and receives")
+    watch.add_argument("--count", type=int, default=None, metavar="N",
+                       help="stop after N messages")
+    watch.add_argument("--seconds", type=_seconds, default=None, metavar="S",
+                       help="stop after S seconds")
+    send = sub.add_parser("send", parents=[common],
+                          help="sign and send one hive message (a test)",
+                          description="Sign one message with the hive's secret and send it "
+                          "from an ephemeral port.  Values: numbers, true/false/null, [lists] "
+                          "and {objects} as JSON, anything else as text.  node_id, hostname "
+                          "and primary_ip default to this node's.",
+                          epilog="example: sudo hive send STATUS node_id=test-1 hostname=ghost1 "
+                          "role=tester interval=30")
+    send.add_argument("kind", metavar="KIND", help="HELLO, STATUS, ... (any kind of the "
+                      "protocol)")
+    send.add_argument("fields", metavar="key=value", nargs="*", help="the payload's fields")
+    send.add_argument("--to", metavar="ADDR", default=None,
+                      help="send to ADDR[:PORT] only (default: the interface's broadcast "
+                      "address)")
     taskcli.add_parser(sub, common)
     ansible = sub.add_parser("inventory", parents=[common],
                              help="the hive as an Ansible dynamic inventory")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import timing
+from .metrics import DEFAULT_FILE as DEFAULT_METRICS_FILE
 from .protocol import DEFAULT_PORT, is_valid_role
 
 LOG = logging.getLogger(__name__)
@@ -118,6 +119,9 @@ class Config:
     # through it); empty: control.sock in state_dir.
     control_socket: str = ""
     tasks: TasksConfig = field(default_factory=TasksConfig)
+    # The hive's state as Prometheus metrics (node_exporter's textfile collector), written only
+    # while this file's folder exists; empty: no metrics file.
+    metrics_file: str = DEFAULT_METRICS_FILE
 
     @property
     def grace(self) -> float:
@@ -218,6 +222,10 @@ def _check(name: str, value: object) -> object:
         raise bad("a string")
     elif name in ("secret_file", "state_dir", "role_hooks_dir") and not value.startswith("/"):
         raise bad("an absolute path")
+    elif name == "metrics_file" and value and (not value.startswith("/")
+                                               or not value.endswith(".prom")):
+        raise bad('an absolute path ending in ".prom" (node_exporter\'s textfile collector '
+                  'reads only those), or "" for no metrics file')
     elif name == "control_socket" and value and (not value.startswith("/") or len(value) > 100):
         raise bad("an absolute path of at most 100 characters")
     return value

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from . import protocol
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
+from .metrics import Counters
 from .protocol import Message, ProtocolError, ReplayGuard, RejectCounter, Stamper
 
 LOG = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class Service:
         self.replays = ReplayGuard()
         self.rejects = RejectCounter()
         self.received = 0
+        self.counters = Counters()  # messages by kind, for the metrics file (agent)
         self.stopping = False
         self.reload_requested = False
         # More to wait for than the hive's sockets (a local control socket, child processes):
@@ -187,6 +189,7 @@ class Service:
             self.own_id_heard(message, now)
             return None
         self.received += 1
+        self.counters.received[message.kind] += 1
         return message
 
     def reject(self, reason: str, source: tuple[str, int], now: float) -> None:
@@ -198,6 +201,7 @@ class Service:
         try:
             data = protocol.encode(payload, self.secrets[0])
             sock.sendto(data, address)
+            self.counters.sent[payload["kind"]] += 1
         except ProtocolError as exc:
             LOG.error("Not sending %s: %s", payload.get("kind"), exc)
         except OSError as exc:

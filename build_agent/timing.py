@@ -56,6 +56,10 @@ SYSTEMCTL_TIMEOUT = 30.0
 ROLE_HOOK_TIMEOUT = 300.0
 ROLE_HOOK_POLL = 1.0
 
+# The metrics file (hive.toml metrics_file) is rewritten when the view changes, at most this
+# often, and once per heartbeat interval otherwise.
+METRICS_MIN_GAP = 1.0
+
 # Rejected datagrams are logged (debug) at most once per this period, with a count.
 REJECT_LOG_PERIOD = 60.0
 

@@ -98,24 +98,34 @@ def test_secret_rotation_with_reload(make_lab):
 def test_hive_watch_shows_verified_and_rejected_messages(make_lab):
     lab = make_lab()
     lab.up(1)
-    watcher = 1  # a member: `hive watch` shares the broadcasts with its running daemons
+    watcher = 1  # a member: `hive watch` sees its traffic beside its running daemons
     import subprocess
-    watch = subprocess.Popen([str(REPO / "scripts" / "hive-lab"), "hive", str(watcher), "watch",
-                              "--json", "--seconds", "8"], env=lab.env, stdout=subprocess.PIPE,
-                             text=True)
+    out_file = lab.dir / "watch.out"
+    # Its own process group (stopped with Ctrl-C's SIGINT once the datagrams are seen; 60 s at
+    # most): a join on a loaded machine may take longer than a fixed window.
+    with open(out_file, "w") as out:
+        watch = subprocess.Popen([str(REPO / "scripts" / "hive-lab"), "hive", str(watcher),
+                                  "watch", "--json", "--seconds", "60"], env=lab.env,
+                                 stdout=out, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def records() -> list[dict]:
+        return [json.loads(line) for line in out_file.read_text().splitlines() if line]
     try:
         time.sleep(1.0)
         joiner = lab.join()
         lab.wait(joiner)
         lab.exec(joiner, lab.env["HIVE_LAB_PYTHON"], str(DATA / "send_datagrams.py"),
                  f"{lab.subnet}.255", str(lab.dir / "shared_secret"), "16")
-        out, _ = watch.communicate(timeout=30)
+        lab.wait_for(lambda: {"bad signature", "wrong magic", "replayed", "stale"}
+                     <= {r["reason"] for r in records()}, 20,
+                     "hive watch to show the rejected datagrams")
     finally:
-        watch.kill()
-    records = [json.loads(line) for line in out.splitlines()]
-    kinds = {r["payload"]["kind"] for r in records if r["verified"]}
-    assert {"HELLO", "IDENTIFY", "STATUS"} <= kinds, records
-    reasons = {r["reason"] for r in records if not r["verified"]}
+        if watch.poll() is None:
+            os.killpg(watch.pid, signal.SIGINT)
+        watch.wait(timeout=30)
+    kinds = {r["payload"]["kind"] for r in records() if r["verified"]}
+    assert {"HELLO", "IDENTIFY", "STATUS"} <= kinds, records()
+    reasons = {r["reason"] for r in records() if not r["verified"]}
     assert {"bad signature", "wrong magic", "replayed", "stale"} <= reasons, reasons
 
 

@@ -35,4 +35,5 @@ def iface() -> Interface:
 @pytest.fixture
 def config(tmp_path) -> Config:
     return Config(state_dir=str(tmp_path), install_packages=False, heartbeat_interval=10.0,
-                  secret_file=str(tmp_path / "secret"), role_hooks_dir=str(tmp_path / "role.d"))
+                  secret_file=str(tmp_path / "secret"), role_hooks_dir=str(tmp_path / "role.d"),
+                  metrics_file=str(tmp_path / "metrics" / "build_hive.prom"))
