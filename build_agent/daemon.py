@@ -166,6 +166,14 @@ class Service:
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> Message | None:
         """Verify one datagram at wall time ``now``; drop bad, replayed and our own ones.
         Never raises."""
+        # Cheapest first: the raw bytes' shape, then an exact copy of a datagram accepted
+        # lately; only then parse, the replay guard by sender, and the signature (decode).
+        reason = protocol.precheck(data)
+        if reason is None and self.replays.repeated(data):
+            reason = "replayed"
+        if reason is not None:
+            self.reject(reason, source, now)
+            return None
         try:
             message = protocol.decode(data, self.secrets, now, seen=self.replays)
         except ProtocolError as exc:
@@ -174,6 +182,7 @@ class Service:
         if self.replays.is_replay(message, now):
             self.reject("replayed", source, now)
             return None
+        self.replays.accepted(data)
         if message.node_id == self.node_id:
             self.own_id_heard(message, now)
             return None
@@ -225,6 +234,8 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
     notify("READY=1", *ready)
     dog = watchdog_period()
     next_dog = time.monotonic()
+    deadline = 0.0
+    busy = True  # something happened that the service's tick must see
     try:
         while not service.stopping:
             if service.reload_requested:
@@ -232,28 +243,39 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
                 notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
                 service.reload()
                 notify("READY=1")
-            deadline = service.tick(service.steady())
+                busy = True
+            # A wake-up that brought only dropped datagrams (a flood) changes nothing the tick
+            # looks at: it costs no tick until a deadline is due.
+            if busy or service.steady() >= deadline:
+                deadline = service.tick(service.steady())
+            busy = False
             if dog is not None and time.monotonic() >= next_dog:
                 notify("WATCHDOG=1")
                 next_dog = time.monotonic() + dog
             timeout = min(max(0.0, deadline - service.steady()), MAX_SLEEP)
             if dog is not None:
                 timeout = min(timeout, max(0.0, next_dog - time.monotonic()))
-            for key, events in selector.select(timeout):
+            ready = selector.select(timeout)
+            if len(ready) > 1:  # replies to this node first (a flood hits the broadcast sockets)
+                ready.sort(key=lambda item: not getattr(item[0].data, "priority", False))
+            for key, events in ready:
                 if key.data is None:
                     try:
                         while wake_r.recv(512):
                             pass
                     except BlockingIOError:
                         pass
+                    busy = True
                     continue
                 if isinstance(key.data, tuple):  # a watch() of the service
                     try:
                         key.data[0](events)
                     except Exception:  # a bug must not stop the daemon
                         LOG.exception("Error while handling a local event")
+                    busy = True
                     continue
-                _drain(service, key.data)
+                if _drain(service, key.data):
+                    busy = True
     finally:
         notify("STOPPING=1")
         service.shutdown()
@@ -265,15 +287,20 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
     return 0
 
 
-def _drain(service: Service, sock: socket.socket) -> None:
+def _drain(service: Service, sock: socket.socket) -> bool:
+    """Read up to max_batch datagrams from a ready socket; True unless every one was dropped
+    (then nothing changed for the service)."""
+    dropped = service.rejects.total
+    count = 0
     for _ in range(service.max_batch):
         try:
             data, source = sock.recvfrom(protocol.MAX_DATAGRAM + 1)
         except (BlockingIOError, InterruptedError):
-            return
+            break
         except OSError as exc:
             LOG.debug("recvfrom failed: %s", exc)
-            return
+            break
+        count += 1
         message = service.receive(data, source, service.clock())
         if message is None:
             continue
@@ -281,6 +308,7 @@ def _drain(service: Service, sock: socket.socket) -> None:
             service.handle(message, source[0], service.steady())
         except Exception:  # a bug must not let one datagram stop the daemon
             LOG.exception("Error while handling %s from %s", message.kind, source[0])
+    return count == 0 or service.rejects.total - dropped < count
 
 
 # build(config, secrets, interface) -> (service, its bound sockets)

@@ -448,6 +448,28 @@ def encode(payload: dict, secret: bytes) -> bytes:
     return data
 
 
+_MAGIC_TOKEN = b'"' + MAGIC.encode("ascii") + b'"'
+_JSON_SPACE = b" \t\n\r"
+
+
+def precheck(data: bytes) -> str | None:
+    """Cheap checks on the raw bytes, before any parsing: the reason to drop, or None.
+
+    They never refuse a datagram ``decode`` would accept: an accepted datagram is a JSON object
+    (first and last non-blank bytes ``{`` and ``}``) whose text holds the magic as a string, and
+    with no backslash in the text (no JSON escape) that is the literal ``"BUILD/HELLO/v1"``.
+    A flood of garbage is then dropped without decoding, parsing or hashing it."""
+    if len(data) > MAX_DATAGRAM:
+        return "oversized"
+    if data[:1] != b"{" or data[-1:] != b"}":
+        body = data.strip(_JSON_SPACE)
+        if body[:1] != b"{" or body[-1:] != b"}":
+            return "not json"
+    if _MAGIC_TOKEN not in data and b"\\" not in data:
+        return "wrong magic"
+    return None
+
+
 def _reject_constant(name: str) -> Any:
     raise ProtocolError("not json")
 
@@ -544,10 +566,27 @@ class ReplayGuard:
     """
 
     def __init__(self, size: int = timing.REPLAY_GUARD_SENDERS,
-                 window: float = timing.MAX_CLOCK_SKEW) -> None:
+                 window: float = timing.MAX_CLOCK_SKEW,
+                 recent: int = timing.REPLAY_GUARD_RECENT) -> None:
         self.size = size
         self.window = window
         self._newest: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        # Digests of the last ``recent`` datagrams accepted (bytes as received): a datagram
+        # identical to one of them is a replay, known before it is even parsed.
+        self.recent = recent
+        self._recent: dict[int, None] = {}
+
+    def repeated(self, data: bytes) -> bool:
+        """Cheapest pre-check, on the raw bytes: a copy of a datagram accepted lately?  (A
+        sender never sends the same bytes twice: its stamps strictly increase.)"""
+        return hash(data) in self._recent
+
+    def accepted(self, data: bytes) -> None:
+        """Remember a datagram that passed every check (see ``repeated``); bounded."""
+        recent = self._recent
+        recent[hash(data)] = None
+        if len(recent) > self.recent:
+            del recent[next(iter(recent))]
 
     def __call__(self, payload: dict) -> bool:
         """Cheap pre-check on an unverified payload: is it no newer than what we accepted?"""
