@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from . import protocol
+from . import protocol, timing
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
 from .protocol import Message, ProtocolError, ReplayGuard, RejectCounter, Stamper
 
@@ -256,6 +256,7 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
             if dog is not None:
                 timeout = min(timeout, max(0.0, next_dog - time.monotonic()))
             ready = selector.select(timeout)
+            flooded = False
             if len(ready) > 1:  # replies to this node first (a flood hits the broadcast sockets)
                 ready.sort(key=lambda item: not getattr(item[0].data, "priority", False))
             for key, events in ready:
@@ -274,8 +275,15 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
                         LOG.exception("Error while handling a local event")
                     busy = True
                     continue
-                if _drain(service, key.data):
+                read, dropped = _drain(service, key.data)
+                if dropped < read or not read:
                     busy = True
+                elif read:
+                    flooded = True
+            if flooded and not busy:
+                # Nothing but dropped datagrams (a flood): let more queue up and read them in
+                # batches, rather than wake up (and pay a select) for every one.
+                time.sleep(timing.FLOOD_PAUSE)
     finally:
         notify("STOPPING=1")
         service.shutdown()
@@ -287,9 +295,9 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
     return 0
 
 
-def _drain(service: Service, sock: socket.socket) -> bool:
-    """Read up to max_batch datagrams from a ready socket; True unless every one was dropped
-    (then nothing changed for the service)."""
+def _drain(service: Service, sock: socket.socket) -> tuple[int, int]:
+    """Read up to max_batch datagrams from a ready socket: (how many, how many were dropped).
+    When every one was dropped, nothing changed for the service."""
     dropped = service.rejects.total
     count = 0
     for _ in range(service.max_batch):
@@ -308,7 +316,7 @@ def _drain(service: Service, sock: socket.socket) -> bool:
             service.handle(message, source[0], service.steady())
         except Exception:  # a bug must not let one datagram stop the daemon
             LOG.exception("Error while handling %s from %s", message.kind, source[0])
-    return count == 0 or service.rejects.total - dropped < count
+    return count, service.rejects.total - dropped
 
 
 # build(config, secrets, interface) -> (service, its bound sockets)

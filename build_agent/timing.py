@@ -59,6 +59,9 @@ SYSTEMCTL_TIMEOUT = 30.0
 ROLE_HOOK_TIMEOUT = 300.0
 ROLE_HOOK_POLL = 1.0
 
+# A wake-up of the daemons' loop that brought only datagrams to drop (a flood) is followed by
+# this pause, so the next ones are read in one batch instead of one wake-up each.
+FLOOD_PAUSE = 0.002
 # Rejected datagrams are logged (debug) at most once per this period, with a count.
 REJECT_LOG_PERIOD = 60.0
 

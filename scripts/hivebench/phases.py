@@ -435,11 +435,12 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
         # the 20 agents start together without 20 more interpreters starting on the same 2 cores.
         for j in joiners:
             lab.start_ours(j, only="advisor")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 + 0.2 * len(joiners)
         while time.monotonic() < deadline and not all(
                 "build-advisor" in (j.dir / "advisor.log").read_text(errors="replace")[-4000:]
                 for j in joiners):
             time.sleep(0.1)
+        offsets = {j.index: log_size(j.dir / "agent.log") for j in joiners}
         t0 = time.time()
         for j in joiners:
             lab.start_ours(j)
@@ -451,12 +452,19 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
             time.sleep(0.05)
         done = [j.identity_mtime() for j in joiners if j.identity()]
         all_identity = (max(done) - t0) if len(done) == len(joiners) else None
+        # the last agent's interpreter up (its first log line): what is left is the hive's part
+        ups = [first_log_time(j.dir / "agent.log", offsets[j.index], "build-agent")
+               for j in joiners]
+        ups = [u for u in ups if u is not None]
+        last_up = max(ups) - t0 if len(ups) == len(joiners) else None
         roles = collections.Counter((j.identity() or {}).get("role", "(none)") for j in joiners)
         converged = wait_ours_converged(everyone, 30)
         conv_s = time.time() - t0 if converged else None
         ours_rounds.append({"all_identity_s": round(all_identity, 3) if all_identity else None,
                             "all_listed_s": round(conv_s, 3) if conv_s else None,
-                            "start_spread_s": round(started, 3), "roles": dict(sorted(roles.items())),
+                            "start_spread_s": round(started, 3),
+                            "last_agent_up_s": round(last_up, 3) if last_up is not None else None,
+                            "roles": dict(sorted(roles.items())),
                             "identity_s": sorted(round(m - t0, 2) for m in done)})
         for j in joiners:
             lab.signal_ours(j, signal.SIGTERM, wait=0)
