@@ -8,6 +8,7 @@ Each takes a running Lab and returns plain data for the JSON report, like phases
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
 import time
 
@@ -43,11 +44,15 @@ def role_counts(hosts: list[Host]) -> dict[str, int]:
 
 
 # --- forming a hive one host after another, timed ------------------------------------------------
-def form(lab: Lab, hosts: list[Host], seed: Host, log, every: int = 25) -> dict:
+def form(lab: Lab, hosts: list[Host], seed: Host, log, every: int = 25,
+         give_up_after: int = 3, limit_s: float = 1200) -> dict:
     """Start hosts one after another (each waits for its identity), Serf beside each; returns
-    each join's time (agent start -> identity.json) by hive size, and the whole formation's."""
+    each join's time (agent start -> identity.json) by hive size, and the whole formation's.
+    Stops early ("stopped": why) after ``give_up_after`` joins in a row without an identity or
+    after ``limit_s``: a hive that no longer keeps up must not go on loading the machine."""
     t0 = time.monotonic()
-    joins = []
+    joins: list = []
+    stopped = None
     for n, host in enumerate(hosts, 1):
         lab.start_ours(host)
         joins.append(wait_identity(host, 30))
@@ -56,9 +61,19 @@ def form(lab: Lab, hosts: list[Host], seed: Host, log, every: int = 25) -> dict:
         lab.start_serf(host, seed if host is not seed else None, fresh=bool(host.serf_name))
         if n % every == 0:
             log(f"  formed {n} of {len(hosts)} ({time.monotonic() - t0:.0f} s); last join "
-                f"{joins[-1] if joins[-1] is None else round(joins[-1], 2)} s")
+                f"{joins[-1] if joins[-1] is None else round(joins[-1], 2)} s; load average "
+                f"{os.getloadavg()[0]:.0f}")
+        if len(joins) >= give_up_after and all(j is None for j in joins[-give_up_after:]):
+            stopped = f"{give_up_after} joins in a row got no identity within 30 s"
+        elif time.monotonic() - t0 > limit_s:
+            stopped = f"forming took more than {limit_s:.0f} s"
+        if stopped:
+            log(f"  stopping the formation at {n} of {len(hosts)} hosts: {stopped} "
+                f"(load average {os.getloadavg()[0]:.0f})")
+            break
     return {"formation_s": round(time.monotonic() - t0, 1), "join_s_by_size": [
-        round(j, 3) if j is not None else None for j in joins]}
+        round(j, 3) if j is not None else None for j in joins], "stopped": stopped,
+        "started": len(joins), "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def all_list(hosts: list[Host]) -> dict:
@@ -98,10 +113,17 @@ def scale(lab: Lab, hosts: list[Host], samples: int, idle_seconds: float, wire_s
     size = len(hosts)
     seed = hosts[0]
     out: dict = {"hosts": size, "heartbeat_s": lab.heartbeat, "lab_add_s": round(add_seconds, 1),
-                 "memory_available_mb_before": memory_available_mb()}
+                 "memory_available_mb_before": memory_available_mb(),
+                 "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     overflows0 = neighbour_overflows()
     log(f"  forming {size - 1} hosts one after another (ours + Serf on each)")
     out["form"] = form(lab, hosts[:-1], seed, log)
+    if out["form"]["stopped"]:
+        out["crashed"] = [f"{h.name}/{k} (exit {h.procs[k].returncode})" for h in hosts
+                          for k in ("agent", "advisor") if k in h.procs and not h.running(k)]
+        out["with_identity"] = sum(1 for h in hosts if h.identity())
+        out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        return out
     t0 = time.monotonic()
     ours_ok = wait_ours_converged(hosts[:-1], 120)
     out["ours_settle_s"] = round(time.monotonic() - t0, 1) if ours_ok else None
@@ -143,6 +165,7 @@ def scale(lab: Lab, hosts: list[Host], samples: int, idle_seconds: float, wire_s
                                         if overflows0 is not None and overflows1 is not None else None)
     out["crashed"] = [f"{h.name}/{k} (exit {h.procs[k].returncode})" for h in hosts
                       for k in ("agent", "advisor") if k in h.procs and not h.running(k)]
+    out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 

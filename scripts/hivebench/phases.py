@@ -658,6 +658,7 @@ def attack(lab: Lab, base: list[Host], joiner: Host, attacker: Host, baseline: i
     dropped = sum(drops_after.get(i, 0) - drops_before.get(i, 0) for i in drops_after)
     bcast_sent = variants[0]["datagrams_sent"] if variants else 0
     out = {"base": len(base), "rate_per_s": rate, "seconds": seconds, "rounds": rounds,
+           "loadavg_after": [round(x, 2) for x in os.getloadavg()],
            "captured_datagrams": len(captured),
            "unflooded_join_s": unf,
            "unflooded_converge_s": stats([r["converge"] for r in unflooded]),

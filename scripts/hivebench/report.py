@@ -228,6 +228,14 @@ def _scale_rows(sc: dict) -> list[list[str]]:
     n = str(sc["hosts"])
     out = []
     form = sc["form"]
+    if form.get("stopped"):
+        joins = form["join_s_by_size"]
+        done = [j for j in joins if j is not None]
+        return [[f"{n} hosts: formed one after another", n,
+                 f"did not form: stopped at {form['started']} hosts ({form['stopped']}); "
+                 f"{sc.get('with_identity')} with an identity; last joins that succeeded: "
+                 + ", ".join(f"{j:.1f}" for j in done[-5:]) + " s; load average "
+                 f"{form['loadavg'][0]:.0f}", "—", f"all {n} with an identity", "**no**"]]
     joins = [j for j in form["join_s_by_size"] if j is not None]
     timeouts = sum(1 for j in form["join_s_by_size"] if j is None)
     out.append([f"{n} hosts: formed one after another (agent start → identity.json, each join)", n,
