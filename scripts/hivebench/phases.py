@@ -643,6 +643,9 @@ def attack(lab: Lab, base: list[Host], joiner: Host, attacker: Host, baseline: i
                 "achieved_rate_per_s": round(sent / secs) if secs else None,
                 "flooded_join_s": fl,
                 "flooded_converge_s": stats([r["converge"] for r in flooded]),
+                # the interpreter's start-up (to the agent's first log line): on the lab's
+                # shared cores the flood slows every new process, before the hive is involved
+                "flooded_startup_s": stats([r["startup"] for r in flooded]),
                 "flooded_roles": [r["role"] for r in flooded],
                 "ratio_median": round(fl["median"] / unf["median"], 2)
                                 if fl["median"] and unf["median"] else None,
@@ -662,6 +665,7 @@ def attack(lab: Lab, base: list[Host], joiner: Host, attacker: Host, baseline: i
            "captured_datagrams": len(captured),
            "unflooded_join_s": unf,
            "unflooded_converge_s": stats([r["converge"] for r in unflooded]),
+           "unflooded_startup_s": stats([r["startup"] for r in unflooded]),
            "variants": variants,
            "kernel_drops_on_50555": dropped,
            "received_per_daemon_estimate": round(
