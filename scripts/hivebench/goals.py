@@ -105,7 +105,7 @@ def memory_available_mb() -> float | None:
 
 # --- a big hive ----------------------------------------------------------------------------------
 def scale(lab: Lab, hosts: list[Host], samples: int, idle_seconds: float, wire_seconds: float,
-          add_seconds: float, log) -> dict:
+          add_seconds: float, log, form_limit: float = 1200) -> dict:
     """A hive of len(hosts) on one machine, ours and Serf side by side: form it one after another;
     join, convergence and leave at full size; every peers.json lists the others; the role counts
     against the sequential expectation; idle CPU and RSS per daemon; wire cost per node; a
@@ -117,7 +117,7 @@ def scale(lab: Lab, hosts: list[Host], samples: int, idle_seconds: float, wire_s
                  "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     overflows0 = neighbour_overflows()
     log(f"  forming {size - 1} hosts one after another (ours + Serf on each)")
-    out["form"] = form(lab, hosts[:-1], seed, log)
+    out["form"] = form(lab, hosts[:-1], seed, log, limit_s=form_limit)
     if out["form"]["stopped"]:
         out["crashed"] = [f"{h.name}/{k} (exit {h.procs[k].returncode})" for h in hosts
                           for k in ("agent", "advisor") if k in h.procs and not h.running(k)]

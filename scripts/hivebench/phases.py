@@ -424,7 +424,11 @@ def wire_cost(lab: Lab, seconds: float, log) -> dict:
 
 
 # --- 4. simultaneous joins ---------------------------------------------------------------------------------
-def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, log) -> dict:
+def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, log,
+                 expected: dict | None = None) -> dict:
+    """K joiners started together into a hive, ``rounds`` times, ours and Serf.  The sequential
+    reference: ``expected`` (the default policy's table) if given, else the same joiners started
+    one after another in the lab."""
     seed = base[0]
     everyone = base + joiners
     ours_rounds = []
@@ -489,10 +493,10 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
         for j in joiners:
             lab.reap_serf(j)
         wait_serf_gone(lab, base, joiners, 30)
-    # the sequential reference: the same 20, one after another
-    seq_roles = collections.Counter()
+    # the sequential reference: the same joiners, one after another (or the policy's table)
+    seq_roles = collections.Counter(expected or {})
     seq_join = []
-    for j in joiners:
+    for j in (joiners if expected is None else []):
         lab.wipe_state(j)
         lab.start_ours(j)
         seq_join.append(wait_identity(j, 30))
@@ -504,6 +508,8 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
            "ours": ours_rounds,
            "ours_all_identity_s": stats([r["all_identity_s"] for r in ours_rounds]),
            "sequential_roles": sequential,
+           "sequential_from": "the default policy's table" if expected is not None
+                              else "the same joiners one after another in the lab",
            "sequential_join_s": stats(seq_join),
            "roles_match": all(r["roles"] == sequential for r in ours_rounds),
            "serf": serf_rounds,

@@ -149,9 +149,11 @@ def rows(results: dict) -> list[list[str]]:
         table = s.get("table_roles")
         match = s["roles_match"] and s.get("roles_match_table", True)
         out.append(["Mass join: role counts (together vs one after another)",
-                    str(s["base"] + s["joiners"]), f"together: {roles}; one after another in the "
-                    f"lab: {_roles(s['sequential_roles'])}"
-                    + (f"; the policy's table: {_roles(table)}" if table else ""), "—",
+                    str(s["base"] + s["joiners"]), f"together: {roles}; "
+                    + (f"one after another in the lab: {_roles(s['sequential_roles'])}; "
+                       if s.get("sequential_from", "").endswith("in the lab") else "")
+                    + (f"the policy's table (one after another): {_roles(table)}"
+                       if table else ""), "—",
                     "equal to sequential", _met(match)])
     a = r.get("attack")
     if a:
