@@ -96,6 +96,9 @@ class Service:
     """
 
     max_batch = 64  # datagrams read per wake-up before timers get a turn
+    # The kinds handle() uses (None: all).  Others are dropped unverified and uncounted: a
+    # daemon that ignores heartbeats does not spend a signature check on each (see decode).
+    wanted_kinds: frozenset[str] | None = None
 
     def __init__(self, config: Config, secrets: Sequence[bytes], node_id: str | None,
                  clock: Callable[[], float] = time.time,
@@ -109,6 +112,7 @@ class Service:
         self.replays = ReplayGuard()
         self.rejects = RejectCounter()
         self.received = 0
+        self.ignored = 0  # datagrams of a kind this service does not use (wanted_kinds)
         self.stopping = False
         self.reload_requested = False
         # More to wait for than the hive's sockets (a local control socket, child processes):
@@ -175,7 +179,11 @@ class Service:
             self.reject(reason, source, now)
             return None
         try:
-            message = protocol.decode(data, self.secrets, now, seen=self.replays)
+            message = protocol.decode(data, self.secrets, now, seen=self.replays,
+                                      kinds=self.wanted_kinds)
+        except protocol.IgnoredKind:
+            self.ignored += 1
+            return None
         except ProtocolError as exc:
             self.reject(str(exc), source, now)
             return None
@@ -275,10 +283,10 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
                         LOG.exception("Error while handling a local event")
                     busy = True
                     continue
-                read, dropped = _drain(service, key.data)
-                if dropped < read or not read:
+                read, rejected, ignored = _drain(service, key.data)
+                if rejected + ignored < read or not read:
                     busy = True
-                elif read:
+                elif rejected:
                     flooded = True
             if flooded and not busy:
                 # Nothing but dropped datagrams (a flood): let more queue up and read them in
@@ -295,10 +303,11 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
     return 0
 
 
-def _drain(service: Service, sock: socket.socket) -> tuple[int, int]:
-    """Read up to max_batch datagrams from a ready socket: (how many, how many were dropped).
-    When every one was dropped, nothing changed for the service."""
-    dropped = service.rejects.total
+def _drain(service: Service, sock: socket.socket) -> tuple[int, int, int]:
+    """Read up to max_batch datagrams from a ready socket: (how many, how many were rejected,
+    how many ignored).  When every one was rejected or ignored, nothing changed for the
+    service."""
+    rejected, ignored = service.rejects.total, service.ignored
     count = 0
     for _ in range(service.max_batch):
         try:
@@ -316,7 +325,7 @@ def _drain(service: Service, sock: socket.socket) -> tuple[int, int]:
             service.handle(message, source[0], service.steady())
         except Exception:  # a bug must not let one datagram stop the daemon
             LOG.exception("Error while handling %s from %s", message.kind, source[0])
-    return count, service.rejects.total - dropped
+    return count, service.rejects.total - rejected, service.ignored - ignored
 
 
 # build(config, secrets, interface) -> (service, its bound sockets)

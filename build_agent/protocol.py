@@ -79,6 +79,10 @@ class ProtocolError(ValueError):
     """A datagram that is not a valid, correctly signed hive message."""
 
 
+class IgnoredKind(ProtocolError):
+    """A datagram of a kind the receiver does not use: left unverified (decode's ``kinds``)."""
+
+
 # --- validators: each takes a value and returns it, or raises ProtocolError -------------------
 
 Validator = Callable[[Any], Any]
@@ -535,14 +539,20 @@ def validate(payload: dict) -> Message:
 
 
 def decode(data: bytes, secrets: Sequence[bytes], now: float,
-           seen: Callable[[dict], bool] | None = None) -> Message:
+           seen: Callable[[dict], bool] | None = None,
+           kinds: frozenset[str] | None = None) -> Message:
     """Bytes -> verified, fresh, well-formed Message.
 
     ``seen`` (a ReplayGuard) refuses a message no newer than one already accepted from its
     sender before the costly checks, so a flood of replays is cheap to refuse; the guard
     remembers only what passed them (see ReplayGuard.is_replay).
+
+    ``kinds``: the kinds the receiver uses; any other raises IgnoredKind before the signature
+    is checked (a daemon that has no use for a message need not pay for verifying it).
     """
     payload, sig = parse_envelope(data)
+    if kinds is not None and payload.get("kind") not in kinds:
+        raise IgnoredKind("ignored kind")
     if seen is not None and seen(payload):
         raise ProtocolError("replayed")
     verify(payload, sig, secrets)
