@@ -132,6 +132,8 @@ def test_big_hive(bench):
     _stats_ok(sc["failure"]["serf_kill_s"], 0.0, 60)
     for kind in ("agent", "advisor", "serf"):
         _stats_ok(sc["footprint"][kind]["rss_mb"], 1, 500)
+    # over more than one heartbeat, every node hears the others
+    assert sc["wire"]["window_s"] > sc["heartbeat_s"]
     _stats_ok(sc["wire"]["hive_rx_Bps"], 1, 1e6)
     assert sc["crashed"] == []
     assert sc["teardown_s"] < 120 and sc["lab_add_s"] < 120
