@@ -183,6 +183,7 @@ class Service:
                                       kinds=self.wanted_kinds)
         except protocol.IgnoredKind:
             self.ignored += 1
+            self.replays.accepted(data)  # a copy of it (a flood of replays) is not parsed again
             return None
         except ProtocolError as exc:
             self.reject(str(exc), source, now)

@@ -592,7 +592,8 @@ class ReplayGuard:
         return hash(data) in self._recent
 
     def accepted(self, data: bytes) -> None:
-        """Remember a datagram that passed every check (see ``repeated``); bounded."""
+        """Remember a datagram that passed every check, or was dropped as a kind the receiver
+        does not use (see ``repeated``); bounded."""
         recent = self._recent
         recent[hash(data)] = None
         if len(recent) > self.recent:

@@ -603,6 +603,18 @@ def test_heartbeats_are_dropped_unverified_and_identify_still_answered(make_advi
     assert [m.kind for m, _ in fake_sock.messages()] == ["ADVICE"]
 
 
+def test_copies_of_an_ignored_datagram_are_not_parsed_again(make_advisor, monkeypatch):
+    advisor = make_advisor()
+    data = protocol.encode(protocol.make_payload("STATUS", "peer-1", "build21", "10.9.0.30",
+                                                 T0 + 1, role="runner"), SECRET)
+    parsed = []
+    real_parse = protocol.parse_envelope
+    monkeypatch.setattr(protocol, "parse_envelope", lambda d: parsed.append(1) or real_parse(d))
+    for _ in range(5):  # a flood replaying one captured heartbeat
+        assert advisor.receive(data, ("10.9.0.66", 50555), T0 + 1) is None
+    assert len(parsed) == 1 and advisor.ignored == 1 and advisor.rejects.counts["replayed"] == 4
+
+
 def test_a_forged_identify_is_still_refused(make_advisor, fake_sock):
     advisor = make_advisor()
     data = protocol.encode(protocol.make_payload("IDENTIFY", NEW_ID, "build9", "10.9.0.99",
