@@ -72,6 +72,10 @@ def _echo_request_id(identify: Message) -> dict:
 
 
 class Advisor(Service):
+    # It answers IDENTIFY and nothing else (its view of the hive is the agent's peers.json):
+    # every other datagram, a heartbeat from each node above all, is dropped unverified.
+    wanted_kinds = frozenset({"IDENTIFY"})
+
     def __init__(self, config: Config, secrets: Sequence[bytes], iface: Interface, hostname: str,
                  policy: Policy, clock: Callable[[], float] = time.time,
                  steady: Callable[[], float] = time.monotonic,

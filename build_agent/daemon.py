@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from . import protocol
+from . import protocol, timing
 from .config import Config, ConfigError, load_config, load_secrets, secret_path
 from .metrics import Counters
 from .protocol import Message, ProtocolError, ReplayGuard, RejectCounter, Stamper
@@ -106,6 +106,9 @@ class Service:
     """
 
     max_batch = 64  # datagrams read per wake-up before timers get a turn
+    # The kinds handle() uses (None: all).  Others are dropped unverified and uncounted: a
+    # daemon that ignores heartbeats does not spend a signature check on each (see decode).
+    wanted_kinds: frozenset[str] | None = None
 
     def __init__(self, config: Config, secrets: Sequence[bytes], node_id: str | None,
                  clock: Callable[[], float] = time.time,
@@ -120,6 +123,7 @@ class Service:
         self.rejects = RejectCounter()
         self.received = 0
         self.counters = Counters()  # messages by kind, for the metrics file (agent)
+        self.ignored = 0  # datagrams of a kind this service does not use (wanted_kinds)
         self.stopping = False
         self.reload_requested = False
         # More to wait for than the hive's sockets (a local control socket, child processes):
@@ -177,14 +181,28 @@ class Service:
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> Message | None:
         """Verify one datagram at wall time ``now``; drop bad, replayed and our own ones.
         Never raises."""
+        # Cheapest first: the raw bytes' shape, then an exact copy of a datagram accepted
+        # lately; only then parse, the replay guard by sender, and the signature (decode).
+        reason = protocol.precheck(data)
+        if reason is None and self.replays.repeated(data):
+            reason = "replayed"
+        if reason is not None:
+            self.reject(reason, source, now)
+            return None
         try:
-            message = protocol.decode(data, self.secrets, now, seen=self.replays)
+            message = protocol.decode(data, self.secrets, now, seen=self.replays,
+                                      kinds=self.wanted_kinds)
+        except protocol.IgnoredKind:
+            self.ignored += 1
+            self.replays.accepted(data)  # a copy of it (a flood of replays) is not parsed again
+            return None
         except ProtocolError as exc:
             self.reject(str(exc), source, now)
             return None
         if self.replays.is_replay(message, now):
             self.reject("replayed", source, now)
             return None
+        self.replays.accepted(data)
         if message.node_id == self.node_id:
             self.own_id_heard(message, now)
             return None
@@ -238,6 +256,8 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
     notify("READY=1", *ready)
     dog = watchdog_period()
     next_dog = time.monotonic()
+    deadline = 0.0
+    busy = True  # something happened that the service's tick must see
     try:
         while not service.stopping:
             if service.reload_requested:
@@ -245,28 +265,47 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
                 notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
                 service.reload()
                 notify("READY=1")
-            deadline = service.tick(service.steady())
+                busy = True
+            # A wake-up that brought only dropped datagrams (a flood) changes nothing the tick
+            # looks at: it costs no tick until a deadline is due.
+            if busy or service.steady() >= deadline:
+                deadline = service.tick(service.steady())
+            busy = False
             if dog is not None and time.monotonic() >= next_dog:
                 notify("WATCHDOG=1")
                 next_dog = time.monotonic() + dog
             timeout = min(max(0.0, deadline - service.steady()), MAX_SLEEP)
             if dog is not None:
                 timeout = min(timeout, max(0.0, next_dog - time.monotonic()))
-            for key, events in selector.select(timeout):
+            ready = selector.select(timeout)
+            flooded = False
+            if len(ready) > 1:  # replies to this node first (a flood hits the broadcast sockets)
+                ready.sort(key=lambda item: not getattr(item[0].data, "priority", False))
+            for key, events in ready:
                 if key.data is None:
                     try:
                         while wake_r.recv(512):
                             pass
                     except BlockingIOError:
                         pass
+                    busy = True
                     continue
                 if isinstance(key.data, tuple):  # a watch() of the service
                     try:
                         key.data[0](events)
                     except Exception:  # a bug must not stop the daemon
                         LOG.exception("Error while handling a local event")
+                    busy = True
                     continue
-                _drain(service, key.data)
+                read, rejected, ignored = _drain(service, key.data)
+                if rejected + ignored < read or not read:
+                    busy = True
+                elif rejected:
+                    flooded = True
+            if flooded and not busy:
+                # Nothing but dropped datagrams (a flood): let more queue up and read them in
+                # batches, rather than wake up (and pay a select) for every one.
+                time.sleep(timing.FLOOD_PAUSE)
     finally:
         notify("STOPPING=1")
         service.shutdown()
@@ -278,15 +317,21 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
     return 0
 
 
-def _drain(service: Service, sock: socket.socket) -> None:
+def _drain(service: Service, sock: socket.socket) -> tuple[int, int, int]:
+    """Read up to max_batch datagrams from a ready socket: (how many, how many were rejected,
+    how many ignored).  When every one was rejected or ignored, nothing changed for the
+    service."""
+    rejected, ignored = service.rejects.total, service.ignored
+    count = 0
     for _ in range(service.max_batch):
         try:
             data, source = sock.recvfrom(protocol.MAX_DATAGRAM + 1)
         except (BlockingIOError, InterruptedError):
-            return
+            break
         except OSError as exc:
             LOG.debug("recvfrom failed: %s", exc)
-            return
+            break
+        count += 1
         message = service.receive(data, source, service.clock())
         if message is None:
             continue
@@ -294,6 +339,7 @@ def _drain(service: Service, sock: socket.socket) -> None:
             service.handle(message, source[0], service.steady())
         except Exception:  # a bug must not let one datagram stop the daemon
             LOG.exception("Error while handling %s from %s", message.kind, source[0])
+    return count, service.rejects.total - rejected, service.ignored - ignored
 
 
 # build(config, secrets, interface) -> (service, its bound sockets)

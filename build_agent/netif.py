@@ -183,6 +183,9 @@ class Listener:
 
     def __init__(self, sock: socket.socket, channel: str, heard) -> None:
         self.sock, self.channel, self.heard = sock, channel, heard
+        # Read first when several sockets are ready: what is sent to this node alone (replies
+        # to a join, IDENTIFY relayed by the agent) must not wait behind a flooded broadcast.
+        self.priority = channel in ("unicast", "relay")
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -79,6 +79,10 @@ class ProtocolError(ValueError):
     """A datagram that is not a valid, correctly signed hive message."""
 
 
+class IgnoredKind(ProtocolError):
+    """A datagram of a kind the receiver does not use: left unverified (decode's ``kinds``)."""
+
+
 # --- validators: each takes a value and returns it, or raises ProtocolError -------------------
 
 Validator = Callable[[Any], Any]
@@ -448,6 +452,28 @@ def encode(payload: dict, secret: bytes) -> bytes:
     return data
 
 
+_MAGIC_TOKEN = b'"' + MAGIC.encode("ascii") + b'"'
+_JSON_SPACE = b" \t\n\r"
+
+
+def precheck(data: bytes) -> str | None:
+    """Cheap checks on the raw bytes, before any parsing: the reason to drop, or None.
+
+    They never refuse a datagram ``decode`` would accept: an accepted datagram is a JSON object
+    (first and last non-blank bytes ``{`` and ``}``) whose text holds the magic as a string, and
+    with no backslash in the text (no JSON escape) that is the literal ``"BUILD/HELLO/v1"``.
+    A flood of garbage is then dropped without decoding, parsing or hashing it."""
+    if len(data) > MAX_DATAGRAM:
+        return "oversized"
+    if data[:1] != b"{" or data[-1:] != b"}":
+        body = data.strip(_JSON_SPACE)
+        if body[:1] != b"{" or body[-1:] != b"}":
+            return "not json"
+    if _MAGIC_TOKEN not in data and b"\\" not in data:
+        return "wrong magic"
+    return None
+
+
 def _reject_constant(name: str) -> Any:
     raise ProtocolError("not json")
 
@@ -513,14 +539,20 @@ def validate(payload: dict) -> Message:
 
 
 def decode(data: bytes, secrets: Sequence[bytes], now: float,
-           seen: Callable[[dict], bool] | None = None) -> Message:
+           seen: Callable[[dict], bool] | None = None,
+           kinds: frozenset[str] | None = None) -> Message:
     """Bytes -> verified, fresh, well-formed Message.
 
     ``seen`` (a ReplayGuard) refuses a message no newer than one already accepted from its
     sender before the costly checks, so a flood of replays is cheap to refuse; the guard
     remembers only what passed them (see ReplayGuard.is_replay).
+
+    ``kinds``: the kinds the receiver uses; any other raises IgnoredKind before the signature
+    is checked (a daemon that has no use for a message need not pay for verifying it).
     """
     payload, sig = parse_envelope(data)
+    if kinds is not None and payload.get("kind") not in kinds:
+        raise IgnoredKind("ignored kind")
     if seen is not None and seen(payload):
         raise ProtocolError("replayed")
     verify(payload, sig, secrets)
@@ -544,10 +576,28 @@ class ReplayGuard:
     """
 
     def __init__(self, size: int = timing.REPLAY_GUARD_SENDERS,
-                 window: float = timing.MAX_CLOCK_SKEW) -> None:
+                 window: float = timing.MAX_CLOCK_SKEW,
+                 recent: int = timing.REPLAY_GUARD_RECENT) -> None:
         self.size = size
         self.window = window
         self._newest: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        # Digests of the last ``recent`` datagrams accepted (bytes as received): a datagram
+        # identical to one of them is a replay, known before it is even parsed.
+        self.recent = recent
+        self._recent: dict[int, None] = {}
+
+    def repeated(self, data: bytes) -> bool:
+        """Cheapest pre-check, on the raw bytes: a copy of a datagram accepted lately?  (A
+        sender never sends the same bytes twice: its stamps strictly increase.)"""
+        return hash(data) in self._recent
+
+    def accepted(self, data: bytes) -> None:
+        """Remember a datagram that passed every check, or was dropped as a kind the receiver
+        does not use (see ``repeated``); bounded."""
+        recent = self._recent
+        recent[hash(data)] = None
+        if len(recent) > self.recent:
+            del recent[next(iter(recent))]
 
     def __call__(self, payload: dict) -> bool:
         """Cheap pre-check on an unverified payload: is it no newer than what we accepted?"""

@@ -37,7 +37,7 @@ def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--out", str(out),
                            "--lab", LAB, "--subnet", SUBNET],
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-2000:]
     data = json.loads((out / "bench.json").read_text())
     return out, data, proc
@@ -48,7 +48,8 @@ def test_meta(bench):
     meta = data["meta"]
     assert meta["complete"] is True and meta["error"] is None
     assert meta["mode"] == "quick"
-    assert 0 < meta["duration_s"] < 300
+    assert 0 < meta["duration_s"] < 480
+    assert meta["phases"] == ["sizes", "failure", "attack", "mass", "loss", "scale"]
     assert meta["machine"]["cores"] >= 1
     assert "serf" in meta and meta["serf"] != "unknown"
     assert meta["notes"] == [], meta["notes"]  # nothing skipped for lack of time
@@ -96,6 +97,46 @@ def test_simultaneous_joins(bench):
     assert isinstance(s["roles_match"], bool)
     _stats_ok(s["ours_all_identity_s"], 0.01, 60)
     _stats_ok(s["serf_all_see_all_s"], 0.0, 60)
+    # the expectation computed from the default policy's table, as one-after-another joins give
+    assert sum(s["table_roles"].values()) == s["joiners"]
+    assert isinstance(s["roles_match_table"], bool)
+    assert all(r["last_agent_up_s"] is None or 0 <= r["last_agent_up_s"] <= 60 for r in s["ours"])
+
+
+def test_false_deaths_under_loss(bench):
+    _, data, _ = bench
+    lo = data["results"]["loss"]
+    settings = data["meta"]["settings"]
+    assert lo["hosts"] == settings["loss_hosts"] and lo["loss_percent"] == settings["loss_percent"]
+    assert lo["heartbeat_s"] == 10  # the default settings
+    assert lo["polls"] >= 10 and lo["seconds"] >= settings["loss_seconds"]
+    assert lo["datagrams_seen"] > 0 and 0 <= lo["datagrams_dropped"] <= lo["datagrams_seen"]
+    for key in ("ours_false_deaths", "ours_dead_log_lines", "serf_false_deaths"):
+        assert isinstance(lo[key], int) and lo[key] >= 0
+    assert lo["crashed"] == []
+
+
+def test_big_hive(bench):
+    _, data, _ = bench
+    sc = data["results"]["scale"]
+    n = data["meta"]["settings"]["scale_hosts"]
+    assert sc["hosts"] == n
+    assert len(sc["form"]["join_s_by_size"]) == n
+    assert sc["peers_listed"]["agents"] == n
+    assert sc["peers_listed"]["all_list_the_others"] is True  # every peers.json lists the others
+    assert sum(sc["roles"].values()) == n and sum(sc["sequential_roles"].values()) == n
+    assert sc["roles_match"] is True
+    _stats_ok(sc["join"]["ours_join_s"], 0.01, 30)
+    _stats_ok(sc["join"]["serf_converge_s"], 0.0, 30)
+    _stats_ok(sc["failure"]["ours_kill_s"], 0.0, 3 * sc["heartbeat_s"] + 20)
+    _stats_ok(sc["failure"]["serf_kill_s"], 0.0, 60)
+    for kind in ("agent", "advisor", "serf"):
+        _stats_ok(sc["footprint"][kind]["rss_mb"], 1, 500)
+    # over more than one heartbeat, every node hears the others
+    assert sc["wire"]["window_s"] > sc["heartbeat_s"]
+    _stats_ok(sc["wire"]["hive_rx_Bps"], 1, 1e6)
+    assert sc["crashed"] == []
+    assert sc["teardown_s"] < 120 and sc["lab_add_s"] < 120
 
 
 def test_attack(bench):
@@ -112,11 +153,13 @@ def test_attack(bench):
         assert flood["seconds"] <= a["seconds"] + 1
         assert flood["sent"] > 0
         _stats_ok(v["flooded_join_s"], 0.01, 60)
+        assert v["flooded_join_s"]["timeouts"] == 0  # every join under the flood completed
         assert v["ratio_median"] > 0
     cpu = a["variants"][0]["base_daemon_cpu_percent"][0]
     for kind in ("agent", "advisor"):
         assert 0 <= cpu[kind]["median"] <= 200
     assert a["rss_growth_mb"]["n"] == 2 * a["base"]
+    assert a["rss_growth_mb"]["max"] < 5  # flat: nothing a flood sends is kept
 
 
 def test_footprint_and_wire(bench):

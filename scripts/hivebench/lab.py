@@ -441,12 +441,34 @@ def arp_limits() -> list[str]:
     return out
 
 
-def restore_arp_limits(saved: list[str]) -> bool:
-    """Put the neighbour-table limits back as they were before the run, if a lab changed them."""
-    if not all(saved) or arp_limits() == saved:
+def other_labs_up() -> bool:
+    """Is a lab (its folder under /run/hive-lab, with hosts) up on this machine?"""
+    try:
+        labs = [d for d in Path("/run/hive-lab").iterdir() if d.is_dir()]
+    except OSError:
         return False
-    subprocess.run(["sysctl", "-q", "-w"] + [f"{k}={v}" for k, v in zip(ARP_KEYS, saved)],
+    return any(any(h.is_dir() and re.fullmatch(r"h\d+", h.name) for h in d.iterdir())
+               for d in labs)
+
+
+ARP_ORIG = Path("/run/hive-lab/gc_thresh.orig")  # hive-lab keeps the machine's values here
+
+
+def restore_arp_limits(saved: list[str]) -> bool:
+    """The safety net after our labs are down: if hive-lab's own 'down' did not put the
+    neighbour-table limits back (it was killed), and no lab is up any more, put back the
+    machine's values hive-lab kept (the limits are the machine's: lowering them under another
+    engineer's running lab would overflow its table).  ``saved``: what they were when this run
+    started (says whether it changed anything)."""
+    if not all(saved) or other_labs_up() or not ARP_ORIG.is_file():
+        return False
+    values = ARP_ORIG.read_text().split()
+    if len(values) != 3 or not all(v.isdigit() for v in values):
+        return False
+    subprocess.run(["sysctl", "-q", "-w"] + [f"{k}={v}" for k, v in zip(ARP_KEYS, values)],
                    capture_output=True, timeout=10)
+    ARP_ORIG.unlink(missing_ok=True)
+    saved[:] = values
     return True
 
 

@@ -24,22 +24,28 @@ def nft_bin() -> str | None:
     return shutil.which("nft")
 
 
-def ruleset(percent: int, port: int = HIVE_PORT) -> str:
+def ruleset(percent: int, port: int = HIVE_PORT, ports: tuple[int, ...] = ()) -> str:
+    """``ports``: several UDP ports (e.g. ours and Serf's) instead of ``port``."""
     if not 0 <= percent <= 100 or isinstance(percent, bool):
         raise ValueError(f"loss must be a whole percentage 0..100, got {percent!r}")
+    if any(isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536
+           for p in (port, *ports)):
+        raise ValueError(f"ports must be 1..65535, got {(port, *ports)!r}")
+    match = f"{{ {', '.join(str(p) for p in ports)} }}" if ports else str(port)
     return (f"table inet {TABLE} {{\n"
             f"  chain in {{\n"
             f"    type filter hook input priority 0; policy accept;\n"
-            f"    udp dport {port} counter\n"
-            f"    udp dport {port} numgen random mod 100 < {percent} counter drop\n"
+            f"    udp dport {match} counter\n"
+            f"    udp dport {match} numgen random mod 100 < {percent} counter drop\n"
             f"  }}\n"
             f"}}\n")
 
 
-def add_loss(ns: str, percent: int, port: int = HIVE_PORT) -> None:
-    """Drop ``percent`` % of the UDP datagrams to ``port`` that namespace ``ns`` receives."""
+def add_loss(ns: str, percent: int, port: int = HIVE_PORT, ports: tuple[int, ...] = ()) -> None:
+    """Drop ``percent`` % of the UDP datagrams to ``port`` (or ``ports``) that namespace ``ns``
+    receives."""
     result = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"],
-                            input=ruleset(percent, port), capture_output=True, text=True,
+                            input=ruleset(percent, port, ports), capture_output=True, text=True,
                             timeout=15)
     if result.returncode != 0:
         raise LossError(f"nft in {ns} failed: {result.stderr.strip() or result.returncode}")

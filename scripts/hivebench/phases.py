@@ -424,7 +424,11 @@ def wire_cost(lab: Lab, seconds: float, log) -> dict:
 
 
 # --- 4. simultaneous joins ---------------------------------------------------------------------------------
-def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, log) -> dict:
+def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, log,
+                 expected: dict | None = None) -> dict:
+    """K joiners started together into a hive, ``rounds`` times, ours and Serf.  The sequential
+    reference: ``expected`` (the default policy's table) if given, else the same joiners started
+    one after another in the lab."""
     seed = base[0]
     everyone = base + joiners
     ours_rounds = []
@@ -435,11 +439,12 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
         # the 20 agents start together without 20 more interpreters starting on the same 2 cores.
         for j in joiners:
             lab.start_ours(j, only="advisor")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 + 0.2 * len(joiners)
         while time.monotonic() < deadline and not all(
                 "build-advisor" in (j.dir / "advisor.log").read_text(errors="replace")[-4000:]
                 for j in joiners):
             time.sleep(0.1)
+        offsets = {j.index: log_size(j.dir / "agent.log") for j in joiners}
         t0 = time.time()
         for j in joiners:
             lab.start_ours(j)
@@ -451,12 +456,19 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
             time.sleep(0.05)
         done = [j.identity_mtime() for j in joiners if j.identity()]
         all_identity = (max(done) - t0) if len(done) == len(joiners) else None
+        # the last agent's interpreter up (its first log line): what is left is the hive's part
+        ups = [first_log_time(j.dir / "agent.log", offsets[j.index], "build-agent")
+               for j in joiners]
+        ups = [u for u in ups if u is not None]
+        last_up = max(ups) - t0 if len(ups) == len(joiners) else None
         roles = collections.Counter((j.identity() or {}).get("role", "(none)") for j in joiners)
         converged = wait_ours_converged(everyone, 30)
         conv_s = time.time() - t0 if converged else None
         ours_rounds.append({"all_identity_s": round(all_identity, 3) if all_identity else None,
                             "all_listed_s": round(conv_s, 3) if conv_s else None,
-                            "start_spread_s": round(started, 3), "roles": dict(sorted(roles.items())),
+                            "start_spread_s": round(started, 3),
+                            "last_agent_up_s": round(last_up, 3) if last_up is not None else None,
+                            "roles": dict(sorted(roles.items())),
                             "identity_s": sorted(round(m - t0, 2) for m in done)})
         for j in joiners:
             lab.signal_ours(j, signal.SIGTERM, wait=0)
@@ -481,10 +493,10 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
         for j in joiners:
             lab.reap_serf(j)
         wait_serf_gone(lab, base, joiners, 30)
-    # the sequential reference: the same 20, one after another
-    seq_roles = collections.Counter()
+    # the sequential reference: the same joiners, one after another (or the policy's table)
+    seq_roles = collections.Counter(expected or {})
     seq_join = []
-    for j in joiners:
+    for j in (joiners if expected is None else []):
         lab.wipe_state(j)
         lab.start_ours(j)
         seq_join.append(wait_identity(j, 30))
@@ -496,6 +508,8 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
            "ours": ours_rounds,
            "ours_all_identity_s": stats([r["all_identity_s"] for r in ours_rounds]),
            "sequential_roles": sequential,
+           "sequential_from": "the default policy's table" if expected is not None
+                              else "the same joiners one after another in the lab",
            "sequential_join_s": stats(seq_join),
            "roles_match": all(r["roles"] == sequential for r in ours_rounds),
            "serf": serf_rounds,
@@ -635,6 +649,9 @@ def attack(lab: Lab, base: list[Host], joiner: Host, attacker: Host, baseline: i
                 "achieved_rate_per_s": round(sent / secs) if secs else None,
                 "flooded_join_s": fl,
                 "flooded_converge_s": stats([r["converge"] for r in flooded]),
+                # the interpreter's start-up (to the agent's first log line): on the lab's
+                # shared cores the flood slows every new process, before the hive is involved
+                "flooded_startup_s": stats([r["startup"] for r in flooded]),
                 "flooded_roles": [r["role"] for r in flooded],
                 "ratio_median": round(fl["median"] / unf["median"], 2)
                                 if fl["median"] and unf["median"] else None,
@@ -650,9 +667,11 @@ def attack(lab: Lab, base: list[Host], joiner: Host, attacker: Host, baseline: i
     dropped = sum(drops_after.get(i, 0) - drops_before.get(i, 0) for i in drops_after)
     bcast_sent = variants[0]["datagrams_sent"] if variants else 0
     out = {"base": len(base), "rate_per_s": rate, "seconds": seconds, "rounds": rounds,
+           "loadavg_after": [round(x, 2) for x in os.getloadavg()],
            "captured_datagrams": len(captured),
            "unflooded_join_s": unf,
            "unflooded_converge_s": stats([r["converge"] for r in unflooded]),
+           "unflooded_startup_s": stats([r["startup"] for r in unflooded]),
            "variants": variants,
            "kernel_drops_on_50555": dropped,
            "received_per_daemon_estimate": round(

@@ -577,3 +577,47 @@ def test_a_reask_is_answered_with_the_role_the_plan_gives_the_mover(make_advisor
     assert first.get("reason") == "the hive needs a 'controller' (0 of 1)"
     assert (second.get("to"), second.get("suggested_role")) == ("member-5", "runner")
     assert second.get("reason") == "the hive has what it needs: stay 'runner'"
+
+
+# --- what the advisor does not use, it does not verify (issue 12: 200 hosts, floods) ---------
+
+def test_heartbeats_are_dropped_unverified_and_identify_still_answered(make_advisor, fake_sock,
+                                                                       monkeypatch):
+    advisor = make_advisor()
+    checked = []
+    real_verify = protocol.verify
+
+    def counting_verify(payload, sig, secrets):
+        checked.append(payload["kind"])
+        return real_verify(payload, sig, secrets)
+
+    monkeypatch.setattr(protocol, "verify", counting_verify)
+    for n, kind in enumerate(("STATUS", "HEARTBEAT", "HELLO", "WELCOME", "TASK")):
+        fields = {"id": "t1"} if kind == "TASK" else {}
+        assert feed(advisor, kind, f"peer-{n}", f"build{n + 20}", "10.9.0.30", T0 + 1,
+                    **fields) is None
+    assert checked == [] and advisor.ignored == 5
+    assert advisor.rejects.total == 0  # not counted (nor logged) as bad datagrams
+    assert identify(advisor) is not None
+    assert checked[0] == "IDENTIFY" and "STATUS" not in checked
+    assert [m.kind for m, _ in fake_sock.messages()] == ["ADVICE"]
+
+
+def test_copies_of_an_ignored_datagram_are_not_parsed_again(make_advisor, monkeypatch):
+    advisor = make_advisor()
+    data = protocol.encode(protocol.make_payload("STATUS", "peer-1", "build21", "10.9.0.30",
+                                                 T0 + 1, role="runner"), SECRET)
+    parsed = []
+    real_parse = protocol.parse_envelope
+    monkeypatch.setattr(protocol, "parse_envelope", lambda d: parsed.append(1) or real_parse(d))
+    for _ in range(5):  # a flood replaying one captured heartbeat
+        assert advisor.receive(data, ("10.9.0.66", 50555), T0 + 1) is None
+    assert len(parsed) == 1 and advisor.ignored == 1 and advisor.rejects.counts["replayed"] == 4
+
+
+def test_a_forged_identify_is_still_refused(make_advisor, fake_sock):
+    advisor = make_advisor()
+    data = protocol.encode(protocol.make_payload("IDENTIFY", NEW_ID, "build9", "10.9.0.99",
+                                                 T0 + 1, request="who_am_i"), b"not-the-secret")
+    assert advisor.receive(data, ("10.9.0.99", 50555), T0 + 1) is None
+    assert advisor.rejects.counts["bad signature"] == 1 and fake_sock.sent == []
