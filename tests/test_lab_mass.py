@@ -1,0 +1,64 @@
+"""Integration: mass joins across real namespaces.  Many joiners started at once into a live hive
+are advised in batched rounds (one IDENTIFY for a whole queue of joiners) and end with exactly
+the roles one-after-another joins give."""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import time
+from pathlib import Path
+
+from build_advisor.policy import load_policy
+from lab import REPO, log_lines
+
+ROLE_BALANCE = REPO / "build_advisor" / "policies" / "role_balance.py"
+
+
+def sequential_counts_by(policy, total: int) -> dict[str, int]:
+    """The role counts of ``total`` nodes joining one after another, advised by ``policy`` (the
+    first one founds the hive): every newcomer is advised from the view of those before it."""
+    members = [{"node_id": "n1", "hostname": "build1", "ip": "10.0.0.1", "role": "founder",
+                "capabilities": {}}]
+    for n in range(2, total + 1):
+        view = {"self": members[0], "peers": members[1:], "members": list(members)}
+        newcomer = {"node_id": f"n{n}", "hostname": f"build{n}", "ip": f"10.0.0.{n}",
+                    "capabilities": {}}
+        members.append({**newcomer, "role": policy(view, newcomer)["role"]})
+    return dict(collections.Counter(m["role"] for m in members))
+
+
+def test_simultaneous_joiners_are_advised_in_batched_rounds_with_the_sequential_roles(
+        make_lab, tmp_path):
+    # role_balance: each newcomer's role depends on the roles of those before it (a controller,
+    # 3 builders, then runners and builders in turn), and a user's policy runs in the advisor's
+    # worker thread: the batch's threaded path, with its one deadline.
+    policy_file = tmp_path / ROLE_BALANCE.name
+    shutil.copyfile(ROLE_BALANCE, policy_file)
+    policy_file.chmod(0o644)
+    lab = make_lab(policy=str(policy_file))
+    lab.up(5)
+    new = lab.add(25)
+    started = time.time()
+    lab.start(*new)
+    lab.wait(*new, timeout=60)
+    took = max(Path(lab.host_dir(i) / "state" / "identity.json").stat().st_mtime
+               for i in new) - started
+
+    counts = collections.Counter(lab.roles().values())
+    expected = sequential_counts_by(load_policy(str(policy_file)), 30)
+    assert counts == expected, lab.roles()
+    for i in new:  # each joiner's advisors all agreed: no split votes
+        assert len(lab.identity(i)["votes"]) == 1, (i, lab.identity(i))
+
+    # The mechanism: joiners were advised in rounds that covered many of them at once, not one
+    # round (IDENTIFY of its own) per joiner.
+    own_rounds = sum(log_lines(lab.log(i)).count("Asking peers for role assignment...")
+                     for i in new)
+    followed = sum(any(line.startswith("Asking peers for role assignment in the round of")
+                       for line in log_lines(lab.log(i))) for i in new)
+    print(f"\n25 joiners started at once into 5 (role_balance): all identified {took:.2f} s "
+          f"after the start command; {own_rounds} round(s) of their own, {followed} joiner(s) "
+          f"advised in another's round; roles {dict(sorted(counts.items()))}")
+    assert followed >= len(new) // 2, (own_rounds, followed)
+    assert own_rounds <= len(new) // 2, (own_rounds, followed)
