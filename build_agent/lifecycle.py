@@ -130,8 +130,10 @@ class Lifecycle:
         self.round_head: str | None = None
         self.round_key: tuple[float, str] | None = None
         # Everyone the round asks for (its asker and batch): none of them advises in it, even
-        # if it settles (and so becomes a member) before the round is over.
+        # if it settles (and so becomes a member) before the round is over.  A follower counts
+        # only the advisors that were members when it began following (round_advisors).
         self.round_members: set[str] = set()
+        self.round_advisors: set[str] = set()
         self._now = 0.0  # the steady time of the current tick
 
     # --- in -----------------------------------------------------------------------------------
@@ -177,9 +179,13 @@ class Lifecycle:
         head_key = join_order_key(since, message.node_id)
         if head_key >= self._my_key():
             return  # it is behind us: it should wait for us, not ask for us
-        if self.phase is Phase.ASK and (request_id == self.request_id
-                                        or head_key >= (self.round_key or self._my_key())):
-            return  # the round we are in already, or one behind it
+        if self.phase is Phase.ASK and request_id == self.request_id:
+            # The round we follow already (its ADVICE came first): now we know who is in it.
+            self.round_members.update(batch)
+            self.round_advisors.difference_update(batch)
+            return
+        if self.phase is Phase.ASK and head_key >= (self.round_key or self._my_key()):
+            return  # a round behind the one we are in
         self._follow(request_id, message.node_id, message.hostname, head_key, batch)
 
     def _follow(self, request_id: str, head_id: str, head_name: str,
@@ -191,12 +197,15 @@ class Lifecycle:
         self.request_id = request_id
         self.round_head, self.round_key, self.batch = head_id, head_key, []
         self.round_members = {head_id, *batch}
+        self.round_advisors = {m.node_id for m in self._round_advisors()}
         self.expected_advisors = max(1, len(self._round_advisors()))
         LOG.info("Asking peers for role assignment in the round of %s%s...", head_name,
                  f" ({len(batch) + 1} joining together)" if batch else "")
 
     def _round_advisors(self) -> list:
-        return [m for m in self.membership.established() if m.node_id not in self.round_members]
+        """The members whose advice a follower waits for."""
+        return [m for m in self.membership.established() if m.node_id not in self.round_members
+                and (not self.round_advisors or m.node_id in self.round_advisors)]
 
     def _on_advice(self, message: Message) -> None:
         if message.get("to") not in (None, self.node_id):
@@ -217,8 +226,9 @@ class Lifecycle:
             return  # advice for an earlier round (reference advisors send no request id)
         if message.node_id in self.advice:
             return  # one vote per advisor: a retransmission counts once
-        if message.node_id in self.round_members:
-            return  # settled in this very round: its advice did not count the round
+        if message.node_id in self.round_members or (
+                self.round_advisors and message.node_id not in self.round_advisors):
+            return  # settled in this very round (or after it began): it did not count the round
         if message.node_id not in self.membership.members:
             LOG.warning("Ignoring advice from %s (%s): not an established member of the hive",
                         message.hostname, message.primary_ip)
@@ -342,7 +352,7 @@ class Lifecycle:
 
     def _end_round(self) -> None:
         self.batch, self.round_head, self.round_key = [], None, None
-        self.round_members = set()
+        self.round_members, self.round_advisors = set(), set()
 
     def _begin_asking(self, now: float, phase: Phase, advisors: int) -> None:
         self.phase, self.phase_start, self.sent = phase, now, 0

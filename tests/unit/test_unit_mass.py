@@ -339,3 +339,34 @@ def test_a_joiner_left_out_of_a_round_waits_for_all_of_it(make_agent, clock, fak
             state="active", interval=10)
     run_until(agent, clock, T0 + 0.5 + EPS)
     assert agent.phase == "ask" and agent.expected_advisors == 3
+
+
+def test_a_follower_counts_only_the_advisors_that_were_members_when_its_round_began(
+        make_agent, clock, fake_sock):
+    agent = discovered(make_agent, clock)
+    hello(agent, "bbbb-2", "build2", "10.9.0.12", T0 + 0.02, T0 - 1)
+    hello(agent, "zzzz-8", "build8", "10.9.0.18", T0 + 0.03, T0 + 0.5)
+    deliver(agent, "WELCOME", "cccc-3", "build3", "10.9.0.13", T0 + 0.04, to=ME,
+            role="builder", members=2)
+    run_until(agent, clock, T0 + timing.DISCOVERY_MIN + EPS)
+    # The round's ADVICE comes before its IDENTIFY (another socket): we follow it at once ...
+    deliver(agent, "ADVICE", "aaaa-1", "build1", "10.9.0.11", T0 + 0.3, to=ME,
+            suggested_role="runner", packages=[], config={}, reason="runners",
+            request_id=ROUND, batch_of="bbbb-2")
+    deliver(agent, "IDENTIFY", "bbbb-2", "build2", "10.9.0.12", T0 + 0.31, request="who_am_i",
+            request_id=ROUND, joining_since=protocol.format_ts(T0 - 1), batch=[ME, "zzzz-8"])
+    step(agent, clock, T0 + 0.32)
+    assert agent.phase == "ask" and agent.expected_advisors == 2
+    # ... build8 (in the round) and build6 (a member since) settle; neither one's vote counts.
+    for node_id, host, ip in (("zzzz-8", "build8", "10.9.0.18"), ("ffff-6", "build6", "10.9.0.16")):
+        deliver(agent, "STATUS", node_id, host, ip, T0 + 0.33, role="builder", state="active",
+                interval=10)
+        deliver(agent, "ADVICE", node_id, host, ip, T0 + 0.34, to=ME, suggested_role="builder",
+                packages=[], config={}, reason="stale view", request_id=ROUND)
+    step(agent, clock, T0 + 0.35)
+    assert agent.phase == "ask" and list(agent.advice) == ["aaaa-1"]
+    deliver(agent, "ADVICE", "cccc-3", "build3", "10.9.0.13", T0 + 0.36, to=ME,
+            suggested_role="runner", packages=[], config={}, reason="runners",
+            request_id=ROUND, batch_of="bbbb-2")
+    step(agent, clock, T0 + 0.37)
+    assert agent.role == "runner" and agent.identity["votes"] == {"runner": 2}
