@@ -198,6 +198,12 @@ class Advisor(Service):
                     "capabilities": dict(message.get("capabilities") or {})}
         if not message.get("reask"):
             told, this_round = self._told(message, whole, now)
+            if message.get("batch_of") and told is None:
+                # A joiner of a batch asking again: only what its round told it is right (a
+                # fresh answer would not count those before it); the round may still be on.
+                LOG.debug("Not advising %s now: its round (%s's) has not advised it here",
+                          message.hostname, message.get("batch_of"))
+                return
             if told is not None and (this_round or not message.get("batch")):
                 # It asks again (lost ADVICE, or a later round of its own): told the same.
                 self._send_told(message, source_ip, told)

@@ -377,7 +377,8 @@ class Lifecycle:
         while self.sent < len(schedule) and now >= self.phase_start + schedule[self.sent]:
             self.sent += 1
             if len(self.advice) < self.expected_advisors:
-                self.outbox.append(self._identify([]))
+                send = self._identify([])
+                self.outbox.append(Send("IDENTIFY", {**send.fields, "batch_of": self.round_head}))
                 self.next_keepalive = now + timing.JOINING_KEEPALIVE
         if self.sent < len(schedule):
             return self.phase_start + schedule[self.sent]

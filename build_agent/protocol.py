@@ -295,6 +295,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("reask", _boolean, False),         # a member asking for a new role (healing)
         ("role", _role(nullable=True), False),  # ... and the role it has now
         ("batch", _node_ids(MAX_BATCH), False),  # joiners advised after the sender, in order
+        ("batch_of", _text(64, NODE_ID_RE), False),  # a joiner of that asker's batch, again
     ),
     "ADVICE": (
         ("to", _text(64, NODE_ID_RE), False),

@@ -136,7 +136,7 @@ def test_a_joiner_of_a_batch_that_asks_again_is_told_the_same(make_advisor, conf
     # fresh answer could differ: it is told what its place in the round gave it.
     write_view(config, 0, [joiner_entry(J3, 23)], requests={J3: ROUND})
     feed(advisor, "IDENTIFY", J3, "build23", "10.9.0.23", T0 + 1.4, request="who_am_i",
-         request_id=ROUND, capabilities={}, attempt=1)
+         request_id=ROUND, capabilities={}, attempt=1, batch_of=HEAD)
     assert told(fake_sock) == [(J3, "runner", None, "10.9.0.23")]
     assert advices(fake_sock)[0][0].get("request_id") == ROUND
     # Asking in a round of its own (a new id), it is told the same too ...
@@ -183,6 +183,13 @@ def test_a_slow_policy_gets_one_deadline_for_the_whole_batch(make_advisor, confi
         time.sleep(0.01)
     assert advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT - EPS) <= T0 + 1 + timing.POLICY_TIMEOUT
     assert len(advices(fake_sock)) == 2  # the policy's first two; no deadline per newcomer
+    # J3, still waiting, asks again in the round: not advised afresh (that would not count
+    # those before it in the round); the round will advise it.
+    state.write_json_atomic(config.peers_path, {**state.read_json(config.peers_path),
+                                                "requests": {J3: ROUND}})
+    feed(advisor, "IDENTIFY", J3, "build23", "10.9.0.23", T0 + 1.5, request="who_am_i",
+         request_id=ROUND, capabilities={}, attempt=1, batch_of=HEAD)
+    assert len(advices(fake_sock)) == 2
     advisor.tick(T0 + 1 + timing.POLICY_TIMEOUT)
     # The default answers the rest, counting the two the policy advised before them.
     assert told(fake_sock) == [(HEAD, "special", None, "10.9.0.20"),
@@ -295,6 +302,7 @@ def test_a_follower_missing_advice_asks_itself_with_the_rounds_id(make_agent, cl
     run_until(agent, clock, T0 + 0.2 + timing.IDENTIFY_SCHEDULE[1] + EPS)
     [(identify, _)] = sent(fake_sock, "IDENTIFY")
     assert identify.get("request_id") == ROUND and "batch" not in identify.payload
+    assert identify.get("batch_of") == "bbbb-2"
 
 
 def test_a_follower_that_gets_no_advice_takes_its_own_turn(make_agent, clock, fake_sock,
