@@ -134,6 +134,7 @@ class Lifecycle:
         # only the advisors that were members when it began following (round_advisors).
         self.round_members: set[str] = set()
         self.round_advisors: set[str] = set()
+        self._start_at_tick = False
         self._now = 0.0  # the steady time of the current tick
 
     # --- in -----------------------------------------------------------------------------------
@@ -192,7 +193,10 @@ class Lifecycle:
                 head_key: tuple[float, str] | None, batch: list[str]) -> None:
         if self.phase is Phase.ASK and self.round_head is None and self.batch:
             LOG.info("%s asks for me in its round: following it", head_name)
+        # (Messages come without the time: the round's clock starts at the next tick, which
+        # follows the datagrams just read.)
         self.phase, self.phase_start, self.sent = Phase.ASK, self._now, 0
+        self._start_at_tick = True
         self.advice = {}
         self.request_id = request_id
         self.round_head, self.round_key, self.batch = head_id, head_key, []
@@ -252,6 +256,9 @@ class Lifecycle:
         """Advance the phase; returns when to be woken next.  Joining phases re-announce
         themselves (STATUS) every JOINING_KEEPALIVE; operate and move heartbeat in the agent."""
         self._now = now
+        if self._start_at_tick:
+            self._start_at_tick = False
+            self.phase_start = now
         deadline = getattr(self, f"_tick_{self.phase.value}")(now)
         if self.phase not in (Phase.OPERATE, Phase.MOVE):
             if now >= self.next_keepalive:
@@ -371,9 +378,11 @@ class Lifecycle:
         return Send("IDENTIFY", {**fields, "batch": batch} if batch else fields)
 
     def _follower_sends(self, now: float) -> float:
-        """Following a round: ask ourselves (same request id, no batch) at the retry times,
-        only while advice is missing (an advisor answers from its record of the round)."""
-        schedule = timing.IDENTIFY_SCHEDULE[1:]
+        """Following a round: ask ourselves (same request id, no batch) at the last retry time,
+        only while advice is missing (an advisor answers from its record of the round).  Not
+        earlier: the advice of a large batch takes a while to come, and 100 followers asking
+        again at once would only slow every node down."""
+        schedule = timing.IDENTIFY_SCHEDULE[-1:]
         while self.sent < len(schedule) and now >= self.phase_start + schedule[self.sent]:
             self.sent += 1
             if len(self.advice) < self.expected_advisors:

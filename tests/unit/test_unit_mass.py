@@ -299,7 +299,9 @@ def test_a_joiner_ignores_a_batch_from_one_behind_it(make_agent, clock, fake_soc
 def test_a_follower_missing_advice_asks_itself_with_the_rounds_id(make_agent, clock, fake_sock):
     agent = discovered(make_agent, clock)
     follow_build2(agent, clock)
-    run_until(agent, clock, T0 + 0.2 + timing.IDENTIFY_SCHEDULE[1] + EPS)
+    run_until(agent, clock, T0 + 0.2 + timing.IDENTIFY_SCHEDULE[-1] - 0.01)
+    assert not sent(fake_sock, "IDENTIFY")
+    run_until(agent, clock, T0 + 0.2 + timing.IDENTIFY_SCHEDULE[-1] + EPS)
     [(identify, _)] = sent(fake_sock, "IDENTIFY")
     assert identify.get("request_id") == ROUND and "batch" not in identify.payload
     assert identify.get("batch_of") == "bbbb-2"
