@@ -378,17 +378,18 @@ class Lifecycle:
         return Send("IDENTIFY", {**fields, "batch": batch} if batch else fields)
 
     def _follower_sends(self, now: float) -> float:
-        """Following a round: ask ourselves (same request id, no batch) at the last retry time,
-        only while advice is missing (an advisor answers from its record of the round).  Not
-        earlier: the advice of a large batch takes a while to come, and 100 followers asking
-        again at once would only slow every node down."""
+        """Following a round: ask again (same request id, no batch, ``batch_of`` the round's
+        asker) at the last retry time, only the advisors whose advice is missing, by unicast
+        (their agent hands it to their advisor, which answers from its record of the round).
+        Not earlier, nor to everyone: the advice of a large batch takes a while to come, and
+        100 followers asking everyone again would only slow every node down."""
         schedule = timing.IDENTIFY_SCHEDULE[-1:]
         while self.sent < len(schedule) and now >= self.phase_start + schedule[self.sent]:
             self.sent += 1
-            if len(self.advice) < self.expected_advisors:
-                send = self._identify([])
-                self.outbox.append(Send("IDENTIFY", {**send.fields, "batch_of": self.round_head}))
-                self.next_keepalive = now + timing.JOINING_KEEPALIVE
+            fields = {**self._identify([]).fields, "batch_of": self.round_head}
+            for member in self._round_advisors():
+                if member.node_id not in self.advice:
+                    self.outbox.append(Send("IDENTIFY", fields, to=member.ip))
         if self.sent < len(schedule):
             return self.phase_start + schedule[self.sent]
         return float("inf")

@@ -302,7 +302,9 @@ def test_a_follower_missing_advice_asks_itself_with_the_rounds_id(make_agent, cl
     run_until(agent, clock, T0 + 0.2 + timing.IDENTIFY_SCHEDULE[-1] - 0.01)
     assert not sent(fake_sock, "IDENTIFY")
     run_until(agent, clock, T0 + 0.2 + timing.IDENTIFY_SCHEDULE[-1] + EPS)
-    [(identify, _)] = sent(fake_sock, "IDENTIFY")
+    # Only build1 (the one advisor of the round) is asked again, by unicast.
+    [(identify, address)] = sent(fake_sock, "IDENTIFY")
+    assert address == ("10.9.0.11", 50555)
     assert identify.get("request_id") == ROUND and "batch" not in identify.payload
     assert identify.get("batch_of") == "bbbb-2"
 
