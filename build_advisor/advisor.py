@@ -270,17 +270,18 @@ class Advisor(Service):
         settle in), if anything, and whether in this round: a joiner asking again is told the
         same."""
         members = {m["node_id"] for m in whole["members"]}
-        for request_id, (told, until) in list(self._rounds.items()):
-            if until <= now:
-                del self._rounds[request_id]
-        for node_id, (_, until) in list(self._reserved.items()):
-            if until <= now or node_id in members:
-                del self._reserved[node_id]
-        told = self._rounds.get(message.get("request_id") or "", ({}, 0.0))[0]
-        if message.node_id in told:
-            return told[message.node_id], True
-        reserved = self._reserved.get(message.node_id)
-        return (reserved[0] if reserved is not None else None), False
+        with self._lock:  # (a policy thread records what it told)
+            for request_id, (told, until) in list(self._rounds.items()):
+                if until <= now:
+                    del self._rounds[request_id]
+            for node_id, (_, until) in list(self._reserved.items()):
+                if until <= now or node_id in members:
+                    del self._reserved[node_id]
+            told = self._rounds.get(message.get("request_id") or "", ({}, 0.0))[0]
+            if message.node_id in told:
+                return told[message.node_id], True
+            reserved = self._reserved.get(message.node_id)
+            return (reserved[0] if reserved is not None else None), False
 
     def _send_told(self, message: Message, source_ip: str, answer: dict) -> None:
         try:
@@ -310,8 +311,10 @@ class Advisor(Service):
                          "here (yet)", len(entries), len(listed) + 1, message.hostname, node_id)
                 break
             caps = entry.get("capabilities")
-            if node_id in self._reserved:
-                fixed[len(entries)] = self._reserved[node_id][0]
+            with self._lock:
+                reserved = self._reserved.get(node_id)
+            if reserved is not None:
+                fixed[len(entries)] = reserved[0]
             entries.append({"node_id": node_id, "hostname": entry["hostname"],
                             "ip": entry["ip"], "capabilities": dict(caps)
                             if isinstance(caps, dict) else {}})
@@ -322,7 +325,8 @@ class Advisor(Service):
                       now + timing.POLICY_TIMEOUT)
         LOG.info("Advising %s and the %d joining node(s) after it in one round [%d peer(s) in "
                  "view]", message.hostname, len(entries) - 1, len(others))
-        self._rounds[message.get("request_id")] = ({}, now + timing.BATCH_RESERVATION)
+        with self._lock:
+            self._rounds[message.get("request_id")] = ({}, now + timing.BATCH_RESERVATION)
         if self.policy is default_suggest_role:
             self._finish_batch(batch, 0, None)
             return

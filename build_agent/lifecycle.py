@@ -22,9 +22,10 @@ Phases (``Phase``):
             behind it in the join order, and the advisors advise all of them in this one round,
             in that order, each as if those before it had joined already.  A joiner that hears
             itself listed by a joiner ahead of it *follows* that round (phase ask, the round's
-            request id, no IDENTIFY of its own unless advice is missing at the retry times) and
-            decides by its own advice, as an asker does; one that gets no advice in the round
-            takes its turn afterwards.  (Not with a guard: etcd's guard settles one at a time.)
+            request id; no IDENTIFY of its own unless advice is missing at 1.2 s, then by
+            unicast to the advisors that did not answer) and decides by its own advice, as an
+            asker does; one that gets no advice in the round takes its turn afterwards.  (Not
+            with a guard: etcd's guard settles one at a time.)
   backoff   nobody advised: say so (STATUS 'backoff'), go to the end of the queue, discover
             again after an increasing pause.
   operate   identity settled: the agent heartbeats, answers HELLO, keeps peers.json and heals.
