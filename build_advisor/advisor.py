@@ -22,7 +22,8 @@ members with the roles just given them, exactly as one-after-another joins would
 sends each its own ADVICE (the round's request id, ``batch_of`` the sender).  It stops at the
 first listed joiner it does not know (those after it are advised by the advisors that know it,
 or ask in a later round).  The whole batch is one policy call with one deadline,
-timing.POLICY_TIMEOUT; after it the default answers the rest.  What each joiner of a batch was
+timing.POLICY_TIMEOUT: after it the default answers the sender if the policy has not, and the
+rest of the batch is not advised here (they ask again in a later round).  What each joiner of a batch was
 told is remembered (timing.BATCH_RESERVATION) and told again if it asks again.
 """
 
@@ -371,11 +372,24 @@ class Advisor(Service):
         return evaluate(policy, view, batch.entries[index], build)
 
     def _finish_batch(self, batch: Batch, start: int, why: str | None) -> None:
-        """In the loop: the default policy (or the built-in one) answers entries start..end."""
-        if why is not None and start < len(batch.entries):
-            LOG.error("Policy failed for %d joining node(s) of %s's round (%s); using the "
-                      "default policy", len(batch.entries) - start, batch.message.hostname, why)
-        for index in range(start, len(batch.entries)):
+        """In the loop: the built-in policy answers the whole batch (``why`` None).  Else the
+        user's policy did not (``why``): the default answers the asker if it is still
+        unanswered, as it would a lone newcomer, and the rest of the batch is left unadvised
+        here: those nodes ask again in a later round.  (Advisors whose policy is late at
+        different places would otherwise give the rest different roles: a slow policy may cost
+        time, never a wrong role.)"""
+        end = len(batch.entries)
+        if why is not None:
+            end = 1 if start == 0 else start
+            if end < len(batch.entries):
+                LOG.error("Policy failed for %s's round (%s): %d of its %d joining node(s) "
+                          "not advised here; they ask again in a later round",
+                          batch.message.hostname, why, len(batch.entries) - end,
+                          len(batch.entries))
+            if start == 0:
+                LOG.error("Policy failed for %s (%s); using the default policy",
+                          batch.message.hostname, why)
+        for index in range(start, end):
             try:
                 payload = self._batch_advice(batch, index, default_suggest_role,
                                              batch.view_at(index))
