@@ -158,6 +158,15 @@ class Advisor(Service):
                     self.node_id = me["node_id"]  # the agent's, also after a clone's new id
         return self._view_data
 
+    @staticmethod
+    def _members_in(data: dict | None) -> int:
+        """Established members in peers.json, this node included."""
+        if not isinstance(data, dict):
+            return 0
+        peers = [p for p in data.get("peers") or [] if isinstance(p, dict) and p.get("role")]
+        me = data.get("self")
+        return len(peers) + (1 if isinstance(me, dict) and me.get("role") else 0)
+
     def note_channel(self, channel: str) -> None:
         """How the datagram being handled came (netif.Listener): "relay" is an IDENTIFY the
         local agent received at its own address and handed over."""
@@ -187,7 +196,10 @@ class Advisor(Service):
             return  # a node never advises itself
         request_id = message.get("request_id")
         heard = (data or {}).get("requests") or {}
-        if request_id and heard.get(message.node_id) != request_id:
+        if request_id and (heard.get(message.node_id) != request_id
+                           or self._members_in(data) < (message.get("members") or 0)):
+            # (``members``: how many members the asker knows; a view with fewer would not
+            # count one that settled just before: in a mass join, the previous round's.)
             if deadline is None or now < deadline:  # the agent has not shown it yet: wait
                 self._syncing[message.node_id] = (
                     message, source_ip, deadline if deadline is not None

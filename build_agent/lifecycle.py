@@ -375,7 +375,8 @@ class Lifecycle:
     def _identify(self, batch: list[str]) -> Send:
         fields = {"request": "who_am_i", "request_id": self.request_id, "candidate_ip": None,
                   "capabilities": self.capabilities, "attempt": self.sent,
-                  "joining_since": self.joining_since_text()}
+                  "joining_since": self.joining_since_text(),
+                  "members": len(self.membership.established())}
         return Send("IDENTIFY", {**fields, "batch": batch} if batch else fields)
 
     def _follower_sends(self, now: float) -> float:

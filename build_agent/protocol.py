@@ -296,6 +296,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("role", _role(nullable=True), False),  # ... and the role it has now
         ("batch", _node_ids(MAX_BATCH), False),  # joiners advised after the sender, in order
         ("batch_of", _text(64, NODE_ID_RE), False),  # a joiner of that asker's batch, again
+        ("members", _number(0, 1_000_000, integer=True), False),  # members the asker knows
     ),
     "ADVICE": (
         ("to", _text(64, NODE_ID_RE), False),

@@ -406,3 +406,16 @@ def test_the_advisor_drops_what_cannot_be_an_identify_before_checking_its_signat
                                                      T0 + 1, request="who_am_i"), SECRET)
     assert advisor.receive(identify, ("10.9.0.21", 50555), T0 + 1).kind == "IDENTIFY"
     assert len(checked) == 1
+
+
+def test_the_advisor_waits_for_a_view_with_the_members_the_asker_knows(make_advisor, config,
+                                                                       fake_sock):
+    advisor = make_advisor()
+    write_view(config, 0, [])  # our agent has not heard build1 settle yet
+    feed(advisor, "IDENTIFY", HEAD, "build20", "10.9.0.20", T0 + 1, request="who_am_i",
+         request_id=ROUND, capabilities={}, attempt=0, members=2)
+    advisor.tick(T0 + 1.01)
+    assert advices(fake_sock) == []  # 'controller' would not count build1
+    write_view(config, 1, [])
+    advisor.tick(T0 + 1.02)
+    assert told(fake_sock) == [(HEAD, "builder", None, "10.9.0.20")]
