@@ -14,6 +14,17 @@ deadline (timing.POLICY_TIMEOUT), after which the default policy answers; at mos
 MAX_POLICY_CALLS calls run at once (a call that never returns keeps its slot), beyond that the
 default answers at once.  Whichever comes first, the policy's answer or the deadline, answers;
 the other is dropped.  The built-in default policy runs in the loop: it is instant.
+
+Batched rounds (mass joins): an IDENTIFY may list (``batch``) the joiners behind its sender in
+the join order.  The advisor then advises the sender and every listed joiner it knows (from
+peers.json's ``joiners``) in that order, each from the view plus those before it in the batch as
+members with the roles just given them, exactly as one-after-another joins would be advised, and
+sends each its own ADVICE (the round's request id, ``batch_of`` the sender).  It stops at the
+first listed joiner it does not know (those after it are advised by the advisors that know it,
+or ask in a later round).  The whole batch is one policy call with one deadline,
+timing.POLICY_TIMEOUT: after it the default answers the sender if the policy has not, and the
+rest of the batch is not advised here (they ask again in a later round).  What each joiner of a batch was
+told is remembered (timing.BATCH_RESERVATION) and told again if it asks again.
 """
 
 from __future__ import annotations
@@ -30,11 +41,11 @@ from typing import Callable, Sequence
 from build_agent import state, timing
 from build_agent.config import Config
 from build_agent.daemon import Service
-from build_agent.membership import view_from_peers
+from build_agent.membership import view_entry, view_from_peers
 from build_agent.netif import Interface
 from build_agent.protocol import Message, make_payload
 
-from .policy import (AnswerError, Policy, advise, default_suggest_role, describe,
+from .policy import (AnswerError, Policy, advise, as_received, default_suggest_role, describe,
                      desired_roles_of, evaluate, fallback)
 from .reask import reask_policy
 
@@ -63,6 +74,38 @@ class Request:
     started: float        # steady clock
     deadline: float       # steady clock: then the default policy answers
     answered: bool = False
+
+
+@dataclass
+class Batch:
+    """A batched round waiting for our advice: its sender and the joiners it listed, in order."""
+    message: Message      # the sender's latest IDENTIFY
+    source_ip: str
+    entries: list         # newcomer dicts (node_id, hostname, ip, capabilities); [0] the sender
+    fixed: dict           # index -> answer told already (a reservation): not asked again
+    view: dict            # the hive before the batch
+    wall: float           # wall clock: joined_at of the batch's simulated members
+    started: float        # steady clock
+    deadline: float       # steady clock: then the default policy answers the rest
+    done: list = None     # answers given so far, in order (role, packages, config, reason)
+    answered: bool = False  # the loop took over (deadline, no thread): the thread's are dropped
+
+    def __post_init__(self) -> None:
+        self.done = []
+
+    def view_at(self, index: int) -> dict:
+        """The view entry ``index`` is advised from: the hive plus those before it."""
+        me, peers = self.view["self"], list(self.view["peers"])
+        for entry, answer in zip(self.entries[:index], self.done):
+            peers.append(view_entry(entry["node_id"], entry["hostname"], entry["ip"],
+                                    answer["role"], entry["capabilities"], None, None, "ok",
+                                    self.wall, self.wall, None, True, "active"))
+        return {"self": me, "peers": peers, "members": [me] + peers}
+
+
+def _answer_of(payload: dict) -> dict:
+    return {"role": payload["suggested_role"], "packages": list(payload["packages"]),
+            "config": dict(payload["config"]), "reason": payload["reason"]}
 
 
 def _echo_request_id(identify: Message) -> dict:
@@ -95,6 +138,10 @@ class Advisor(Service):
         self._syncing: dict[str, tuple[Message, str, float]] = {}  # waiting for peers.json
         self.channel: str | None = None
         self.advised = 0
+        # Batched rounds: request id -> (node id -> answer told, expiry), and node id ->
+        # (answer told in a batch, expiry): a joiner asking again is told the same.
+        self._rounds: dict[str, tuple[dict[str, dict], float]] = {}
+        self._reserved: dict[str, tuple[dict, float]] = {}
 
     def attach(self, sock) -> None:
         self.sock = sock
@@ -115,10 +162,29 @@ class Advisor(Service):
                     self.node_id = me["node_id"]  # the agent's, also after a clone's new id
         return self._view_data
 
+    @staticmethod
+    def _members_in(data: dict | None) -> int:
+        """Established members in peers.json, this node included."""
+        if not isinstance(data, dict):
+            return 0
+        peers = [p for p in data.get("peers") or [] if isinstance(p, dict) and p.get("role")]
+        me = data.get("self")
+        return len(peers) + (1 if isinstance(me, dict) and me.get("role") else 0)
+
     def note_channel(self, channel: str) -> None:
         """How the datagram being handled came (netif.Listener): "relay" is an IDENTIFY the
         local agent received at its own address and handed over."""
         self.channel = channel
+
+    def receive(self, data: bytes, source: tuple[str, int], now: float) -> Message | None:
+        """Only IDENTIFY concerns the advisor, but it hears every broadcast (every node's
+        HELLO and STATUS): a datagram that cannot be an IDENTIFY is dropped before its
+        signature is checked, which halves what a hive's broadcasts cost a node's two daemons
+        (a mass join, a flood).  (Whatever spacing a sender's JSON has, an IDENTIFY holds
+        these bytes.)"""
+        if b"IDENTIFY" not in data:
+            return None
+        return super().receive(data, source, now)
 
     def handle(self, message: Message, source_ip: str, now: float) -> None:
         if self.channel == "relay":
@@ -134,7 +200,10 @@ class Advisor(Service):
             return  # a node never advises itself
         request_id = message.get("request_id")
         heard = (data or {}).get("requests") or {}
-        if request_id and heard.get(message.node_id) != request_id:
+        if request_id and (heard.get(message.node_id) != request_id
+                           or self._members_in(data) < (message.get("members") or 0)):
+            # (``members``: how many members the asker knows; a view with fewer would not
+            # count one that settled just before: in a mass join, the previous round's.)
             if deadline is None or now < deadline:  # the agent has not shown it yet: wait
                 self._syncing[message.node_id] = (
                     message, source_ip, deadline if deadline is not None
@@ -154,6 +223,22 @@ class Advisor(Service):
         me = whole["self"]
         newcomer = {"node_id": message.node_id, "hostname": message.hostname, "ip": source_ip,
                     "capabilities": dict(message.get("capabilities") or {})}
+        if not message.get("reask"):
+            told, this_round = self._told(message, whole, now)
+            if message.get("batch_of") and told is None:
+                # A joiner of a batch asking again: only what its round told it is right (a
+                # fresh answer would not count those before it); the round may still be on.
+                LOG.debug("Not advising %s now: its round (%s's) has not advised it here",
+                          message.hostname, message.get("batch_of"))
+                return
+            if told is not None and (this_round or not message.get("batch")):
+                # It asks again (lost ADVICE, or a later round of its own): told the same.
+                self._send_told(message, source_ip, told)
+                return
+            if message.get("batch"):
+                self._advise_batch(message, source_ip, now, whole, newcomer,
+                                   (data or {}).get("joiners"), told)
+                return
         if message.get("reask") and message.get("role"):
             # A member moving: the plan is made from every member, the mover included.
             mover = next((m for m in whole["members"] if m["node_id"] == message.node_id),
@@ -195,11 +280,203 @@ class Advisor(Service):
 
     def _advice_payload(self, request: Request, answer: dict) -> dict:
         """The one place an ADVICE payload is built."""
+        return self._payload_to(request.message.node_id, request.message, answer)
+
+    def _payload_to(self, node_id: str, identify: Message, answer: dict,
+                    batch_of: str | None = None) -> dict:
         return make_payload("ADVICE", self.node_id, self.hostname, self.iface.address,
                             self.stamp(),
-                            to=request.message.node_id, suggested_role=answer["role"],
+                            to=node_id, suggested_role=answer["role"],
                             packages=answer["packages"], config=answer["config"],
-                            reason=answer["reason"], **_echo_request_id(request.message))
+                            reason=answer["reason"], **_echo_request_id(identify),
+                            **({"batch_of": batch_of} if batch_of else {}))
+
+    # --- batched rounds (mass joins) -------------------------------------------------------------
+    def _told(self, message: Message, whole: dict, now: float) -> tuple[dict | None, bool]:
+        """What we told this joiner in a batched round (this one, or an earlier one it did not
+        settle in), if anything, and whether in this round: a joiner asking again is told the
+        same."""
+        members = {m["node_id"] for m in whole["members"]}
+        with self._lock:  # (a policy thread records what it told)
+            for request_id, (told, until) in list(self._rounds.items()):
+                if until <= now:
+                    del self._rounds[request_id]
+            for node_id, (_, until) in list(self._reserved.items()):
+                if until <= now or node_id in members:
+                    del self._reserved[node_id]
+            told = self._rounds.get(message.get("request_id") or "", ({}, 0.0))[0]
+            if message.node_id in told:
+                return told[message.node_id], True
+            reserved = self._reserved.get(message.node_id)
+            return (reserved[0] if reserved is not None else None), False
+
+    def _send_told(self, message: Message, source_ip: str, answer: dict) -> None:
+        try:
+            payload = as_received(self._payload_to(message.node_id, message, answer))
+        except AnswerError as exc:
+            LOG.error("Cannot advise %s: %s", message.hostname, exc)
+            return
+        self.send(self.sock, payload, (source_ip, self.config.port))
+        with self._lock:
+            self.advised += 1
+        LOG.info(" -> %s: become '%s' (%s) [as told in its round]", message.hostname,
+                 payload["suggested_role"], payload["reason"])
+
+    def _advise_batch(self, message: Message, source_ip: str, now: float, whole: dict,
+                      newcomer: dict, joiners: object, told: dict | None) -> None:
+        """Advise the sender and the joiners its IDENTIFY lists, in order (see the module)."""
+        known = {j["node_id"]: j for j in joiners if isinstance(j, dict)} \
+            if isinstance(joiners, list) else {}
+        members = {m["node_id"] for m in whole["members"]}
+        listed = [n for n in message.get("batch") if n not in members and n != message.node_id]
+        entries, fixed = [newcomer], ({0: told} if told is not None else {})
+        for node_id in listed:
+            entry = known.get(node_id)
+            if not (isinstance(entry, dict) and isinstance(entry.get("hostname"), str)
+                    and isinstance(entry.get("ip"), str)):
+                LOG.info("Advising %d of the %d joining nodes of %s's round: %s is not known "
+                         "here (yet)", len(entries), len(listed) + 1, message.hostname, node_id)
+                break
+            caps = entry.get("capabilities")
+            with self._lock:
+                reserved = self._reserved.get(node_id)
+            if reserved is not None:
+                fixed[len(entries)] = reserved[0]
+            entries.append({"node_id": node_id, "hostname": entry["hostname"],
+                            "ip": entry["ip"], "capabilities": dict(caps)
+                            if isinstance(caps, dict) else {}})
+        others = [p for p in whole["peers"] if p["node_id"] not in
+                  {e["node_id"] for e in entries}]
+        view = {"self": whole["self"], "peers": others, "members": [whole["self"]] + others}
+        batch = Batch(message, source_ip, entries, fixed, view, self.clock(), now,
+                      now + timing.POLICY_TIMEOUT)
+        LOG.info("Advising %s and the %d joining node(s) after it in one round [%d peer(s) in "
+                 "view]", message.hostname, len(entries) - 1, len(others))
+        with self._lock:
+            self._rounds[message.get("request_id")] = ({}, now + timing.BATCH_RESERVATION)
+        if self.policy is default_suggest_role:
+            self._finish_batch(batch, 0, None)
+            return
+        with self._lock:
+            busy = self._calls >= MAX_POLICY_CALLS
+            if not busy:
+                self._calls += 1
+                self._pending[message.node_id] = batch
+        if busy:
+            self._finish_batch(batch, 0, f"{MAX_POLICY_CALLS} earlier policy calls are still "
+                                         f"running")
+            return
+        try:
+            self.spawn(functools.partial(self._call_policy_batch, batch))
+        except RuntimeError as exc:  # no thread to be had
+            with self._lock:
+                self._calls -= 1
+            start = self._take_over(batch)
+            if start is not None:
+                self._finish_batch(batch, start, f"cannot start a thread: {exc}")
+
+    def _batch_payload(self, batch: Batch, index: int, answer: dict) -> dict:
+        entry = batch.entries[index]
+        return self._payload_to(entry["node_id"], batch.message, answer,
+                                batch.message.node_id if index else None)
+
+    def _batch_advice(self, batch: Batch, index: int, policy: Policy, view: dict) -> dict:
+        """The ADVICE payload for entry ``index`` (from policy, or what it was told already)."""
+        build = functools.partial(self._batch_payload, batch, index)
+        if index in batch.fixed:
+            return evaluate(lambda v, n: batch.fixed[index], view, batch.entries[index], build)
+        return evaluate(policy, view, batch.entries[index], build)
+
+    def _finish_batch(self, batch: Batch, start: int, why: str | None) -> None:
+        """In the loop: the built-in policy answers the whole batch (``why`` None).  Else the
+        user's policy did not (``why``): the default answers the asker if it is still
+        unanswered, as it would a lone newcomer, and the rest of the batch is left unadvised
+        here: those nodes ask again in a later round.  (Advisors whose policy is late at
+        different places would otherwise give the rest different roles: a slow policy may cost
+        time, never a wrong role.)"""
+        end = len(batch.entries)
+        if why is not None:
+            end = 1 if start == 0 else start
+            if end < len(batch.entries):
+                LOG.error("Policy failed for %s's round (%s): %d of its %d joining node(s) "
+                          "not advised here; they ask again in a later round",
+                          batch.message.hostname, why, len(batch.entries) - end,
+                          len(batch.entries))
+            if start == 0:
+                LOG.error("Policy failed for %s (%s); using the default policy",
+                          batch.message.hostname, why)
+        for index in range(start, end):
+            try:
+                payload = self._batch_advice(batch, index, default_suggest_role,
+                                             batch.view_at(index))
+            except AnswerError as exc:
+                LOG.error("Cannot advise %s: %s", batch.entries[index]["hostname"], exc)
+                return  # the rest would be advised from a view missing this one
+            batch.done.append(_answer_of(payload))
+            self._send_batch_advice(batch, index, payload)
+
+    def _take_over(self, batch: Batch) -> int | None:
+        """The loop takes the rest of a batch (deadline): the index to go on from, or None if
+        the thread finished it already."""
+        with self._lock:
+            if batch.answered:
+                return None
+            batch.answered = True
+            if self._pending.get(batch.message.node_id) is batch:
+                del self._pending[batch.message.node_id]
+            return len(batch.done)
+
+    def _call_policy_batch(self, batch: Batch) -> None:
+        """In a worker thread: the policy advises the batch in order, each answer sent as it
+        comes, until done or until the loop takes over at the deadline."""
+        try:
+            try:
+                while True:
+                    with self._lock:
+                        index = len(batch.done)
+                        if batch.answered or index == len(batch.entries):
+                            break
+                        view = batch.view_at(index)
+                    try:
+                        payload = self._batch_advice(batch, index, self.policy,
+                                                     copy.deepcopy(view))
+                    except (Exception, SystemExit) as exc:
+                        LOG.error("Policy failed for %s (%s); using the default policy",
+                                  batch.entries[index]["hostname"], describe(exc))
+                        payload = self._batch_advice(batch, index, default_suggest_role, view)
+                    with self._lock:
+                        if batch.answered:
+                            LOG.warning("Policy answered %s after the round's deadline (%.1f s): "
+                                        "the default policy had answered",
+                                        batch.entries[index]["hostname"],
+                                        self.steady() - batch.started)
+                            break
+                        batch.done.append(_answer_of(payload))
+                    self._send_batch_advice(batch, index, payload)
+            finally:
+                with self._lock:
+                    self._calls -= 1
+                    if len(batch.done) == len(batch.entries) and not batch.answered:
+                        batch.answered = True
+                        if self._pending.get(batch.message.node_id) is batch:
+                            del self._pending[batch.message.node_id]
+        except Exception:  # a bug here must not go unseen, nor take anything down
+            LOG.exception("Error while advising %s's round", batch.message.hostname)
+
+    def _send_batch_advice(self, batch: Batch, index: int, payload: dict) -> None:
+        entry = batch.entries[index]
+        answer = _answer_of(payload)
+        until = batch.started + timing.BATCH_RESERVATION
+        with self._lock:
+            told = self._rounds.setdefault(batch.message.get("request_id"), ({}, until))[0]
+            told[entry["node_id"]] = answer
+            if index:
+                self._reserved[entry["node_id"]] = (answer, until)
+            self.advised += 1
+        self.send(self.sock, payload, (entry["ip"], self.config.port))
+        LOG.info(" -> %s: become '%s' (%s) [%d peer(s) in view, %d of %s's round]",
+                 entry["hostname"], payload["suggested_role"], payload["reason"],
+                 len(batch.view["peers"]) + index, index + 1, batch.message.hostname)
 
     def _call_policy(self, request: Request) -> None:
         """In a worker thread: run the policy on copies; answer unless the deadline passed."""
@@ -264,6 +541,12 @@ class Advisor(Service):
         with self._lock:
             overdue = [r for r in self._pending.values() if r.deadline <= now]
         for request in overdue:
+            if isinstance(request, Batch):
+                start = self._take_over(request)
+                if start is not None:
+                    self._finish_batch(request, start, f"no answer for the whole round within "
+                                                       f"{timing.POLICY_TIMEOUT:g} s")
+                continue
             if self._claim(request):
                 self._answer_with_default(request, f"no answer within "
                                                    f"{timing.POLICY_TIMEOUT:g} s")

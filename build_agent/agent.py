@@ -544,6 +544,7 @@ class Agent(Service):
             "self": me,
             "plan": self.plan.to_json() if self.plan is not None and self.identity else None,
             "requests": self.membership.requests(),
+            "joiners": self.membership.joiners_json(),  # the advisor's batches (mass joins)
             "peers": [{**m.to_json(wall - now), "reached": self.discovery.reached(m.ip, now)}
                       for m in self.membership.established(exclude=[self.node_id])],
             "discovery": self.discovery.describe(now),

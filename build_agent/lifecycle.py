@@ -18,6 +18,14 @@ Phases (``Phase``):
   ask       broadcast IDENTIFY with a fresh request id; every established member's advisor
             answers ADVICE.  Ends when every expected advisor answered, or at ADVICE_TIMEOUT; a
             node ahead of us asking at the same moment sends us back to wait.
+            Batched rounds (mass joins): the asker lists in its IDENTIFY (``batch``) the joiners
+            behind it in the join order, and the advisors advise all of them in this one round,
+            in that order, each as if those before it had joined already.  A joiner that hears
+            itself listed by a joiner ahead of it *follows* that round (phase ask, the round's
+            request id; no IDENTIFY of its own unless advice is missing at 1.2 s, then by
+            unicast to the advisors that did not answer) and decides by its own advice, as an
+            asker does; one that gets no advice in the round takes its turn afterwards.  (Not
+            with a guard: etcd's guard settles one at a time.)
   backoff   nobody advised: say so (STATUS 'backoff'), go to the end of the queue, discover
             again after an increasing pause.
   operate   identity settled: the agent heartbeats, answers HELLO, keeps peers.json and heals.
@@ -42,9 +50,13 @@ from typing import Callable, Protocol, Sequence
 
 from . import consensus, timing
 from .membership import Membership, join_order_key
-from .protocol import Message, format_ts
+from .protocol import MAX_BATCH, Message, ProtocolError, format_ts, parse_ts
 
 LOG = logging.getLogger(__name__)
+
+# A batch's node ids take at most this many characters of the IDENTIFY (which must fit in
+# protocol.MAX_DATAGRAM with its other fields): 100 UUIDs take 3,900.
+BATCH_CHARS = 4800
 
 
 class Phase(str, enum.Enum):
@@ -112,6 +124,18 @@ class Lifecycle:
         self.reask_backoff = timing.REASK_BACKOFF_FIRST
         self.next_keepalive = 0.0
         self.move_failed = False  # set when a move ended with the role unchanged (see agent)
+        # Batched rounds: the joiners we ask for after us (our IDENTIFY's ``batch``), or the
+        # joiner whose round we follow and its place in the join order.
+        self.batching = guard is None
+        self.batch: list[str] = []
+        self.round_head: str | None = None
+        self.round_key: tuple[float, str] | None = None
+        # Everyone the round asks for (its asker and batch): none of them advises in it, even
+        # if it settles (and so becomes a member) before the round is over.  A follower counts
+        # only the advisors that were members when it began following (round_advisors).
+        self.round_members: set[str] = set()
+        self.round_advisors: set[str] = set()
+        self._start_at_tick = False
         self._now = 0.0  # the steady time of the current tick
 
     # --- in -----------------------------------------------------------------------------------
@@ -136,15 +160,80 @@ class Lifecycle:
                                                 message.get("members") or 0)
         elif message.kind == "ADVICE":
             self._on_advice(message)
+        elif message.kind == "IDENTIFY":
+            self._on_identify(message)
+
+    def _my_key(self) -> tuple[float, str]:
+        return join_order_key(self.joining_since or 0.0, self.node_id)
+
+    def _on_identify(self, message: Message) -> None:
+        """A joiner ahead of us asks for us too (its ``batch`` lists us): follow its round."""
+        batch, request_id = message.get("batch"), message.get("request_id")
+        if not self.batching or not batch or self.node_id not in batch or not request_id \
+                or message.get("reask") or self.joining_since is None \
+                or self.phase not in (Phase.DISCOVER, Phase.WAIT, Phase.ASK):
+            return
+        try:
+            since = parse_ts(message.get("joining_since")) if message.get("joining_since") \
+                else message.ts
+        except ProtocolError:
+            since = message.ts
+        head_key = join_order_key(since, message.node_id)
+        if head_key >= self._my_key():
+            return  # it is behind us: it should wait for us, not ask for us
+        if self.phase is Phase.ASK and request_id == self.request_id:
+            # The round we follow already (its ADVICE came first): now we know who is in it.
+            self.round_members.update(batch)
+            self.round_advisors.difference_update(batch)
+            return
+        if self.phase is Phase.ASK and head_key >= (self.round_key or self._my_key()):
+            return  # a round behind the one we are in
+        self._follow(request_id, message.node_id, message.hostname, head_key, batch)
+
+    def _follow(self, request_id: str, head_id: str, head_name: str,
+                head_key: tuple[float, str] | None, batch: list[str]) -> None:
+        if self.phase is Phase.ASK and self.round_head is None and self.batch:
+            LOG.info("%s asks for me in its round: following it", head_name)
+        # (Messages come without the time: the round's clock starts at the next tick, which
+        # follows the datagrams just read.)
+        self.phase, self.phase_start, self.sent = Phase.ASK, self._now, 0
+        self._start_at_tick = True
+        self.advice = {}
+        self.request_id = request_id
+        self.round_head, self.round_key, self.batch = head_id, head_key, []
+        self.round_members = {head_id, *batch}
+        self.round_advisors = {m.node_id for m in self._round_advisors()}
+        self.expected_advisors = max(1, len(self._round_advisors()))
+        LOG.info("Asking peers for role assignment in the round of %s%s...", head_name,
+                 f" ({len(batch) + 1} joining together)" if batch else "")
+
+    def _round_advisors(self) -> list:
+        """The members whose advice a follower waits for."""
+        return [m for m in self.membership.established() if m.node_id not in self.round_members
+                and (not self.round_advisors or m.node_id in self.round_advisors)]
 
     def _on_advice(self, message: Message) -> None:
-        if self.phase not in (Phase.ASK, Phase.MOVE) or \
-                message.get("to") not in (None, self.node_id):
+        if message.get("to") not in (None, self.node_id):
+            return
+        head = message.get("batch_of")
+        if self.batching and head and self.phase in (Phase.DISCOVER, Phase.WAIT) \
+                and message.get("request_id") and self.joining_since is not None:
+            # Advice of a batched round whose IDENTIFY we missed: follow that round, unless
+            # its asker is behind us (it should have waited for us).
+            joiner = self.membership.joiners.get(head)
+            if joiner is None or joiner.key < self._my_key():
+                self._follow(message.get("request_id"), head,
+                             joiner.hostname if joiner is not None else head,
+                             joiner.key if joiner is not None else None, [])
+        if self.phase not in (Phase.ASK, Phase.MOVE):
             return
         if message.get("request_id") not in (None, self.request_id):
             return  # advice for an earlier round (reference advisors send no request id)
         if message.node_id in self.advice:
             return  # one vote per advisor: a retransmission counts once
+        if message.node_id in self.round_members or (
+                self.round_advisors and message.node_id not in self.round_advisors):
+            return  # settled in this very round (or after it began): it did not count the round
         if message.node_id not in self.membership.members:
             LOG.warning("Ignoring advice from %s (%s): not an established member of the hive",
                         message.hostname, message.primary_ip)
@@ -168,6 +257,9 @@ class Lifecycle:
         """Advance the phase; returns when to be woken next.  Joining phases re-announce
         themselves (STATUS) every JOINING_KEEPALIVE; operate and move heartbeat in the agent."""
         self._now = now
+        if self._start_at_tick:
+            self._start_at_tick = False
+            self.phase_start = now
         deadline = getattr(self, f"_tick_{self.phase.value}")(now)
         if self.phase not in (Phase.OPERATE, Phase.MOVE):
             if now >= self.next_keepalive:
@@ -247,37 +339,97 @@ class Lifecycle:
         LOG.info("Discovered %d peer(s)", len(members))
         LOG.info("Asking peers for role assignment...")
         self._begin_asking(now, Phase.ASK, len(members))
+        if self.batching:
+            self.batch = self._batch(self.membership.joiners_behind(self._my_key()))
+            if self.batch:
+                LOG.info("Asking for %d joining node(s) behind me in the same round",
+                         len(self.batch))
+                self.round_members = set(self.batch)
         return self._tick_ask(now)
+
+    @staticmethod
+    def _batch(behind: list) -> list[str]:
+        """The node ids of the joiners to take along, in order, within the datagram's room."""
+        ids, size = [], 0
+        for joiner in behind[:MAX_BATCH]:
+            size += len(joiner.node_id) + 3
+            if size > BATCH_CHARS:
+                break
+            ids.append(joiner.node_id)
+        return ids
+
+    def _end_round(self) -> None:
+        self.batch, self.round_head, self.round_key = [], None, None
+        self.round_members, self.round_advisors = set(), set()
 
     def _begin_asking(self, now: float, phase: Phase, advisors: int) -> None:
         self.phase, self.phase_start, self.sent = phase, now, 0
         self.advice = {}
         self.request_id = os.urandom(8).hex()  # advice for another round never counts here
         self.expected_advisors = advisors
+        self._end_round()
 
     def _tick_wait(self, now: float) -> float:
         return self._take_turn(now)
 
+    def _identify(self, batch: list[str]) -> Send:
+        fields = {"request": "who_am_i", "request_id": self.request_id, "candidate_ip": None,
+                  "capabilities": self.capabilities, "attempt": self.sent,
+                  "joining_since": self.joining_since_text(),
+                  "members": len(self.membership.established())}
+        return Send("IDENTIFY", {**fields, "batch": batch} if batch else fields)
+
+    def _follower_sends(self, now: float) -> float:
+        """Following a round: ask again (same request id, no batch, ``batch_of`` the round's
+        asker) at the last retry time, only the advisors whose advice is missing, by unicast
+        (their agent hands it to their advisor, which answers from its record of the round).
+        Not earlier, nor to everyone: the advice of a large batch takes a while to come, and
+        100 followers asking everyone again would only slow every node down."""
+        schedule = timing.IDENTIFY_SCHEDULE[-1:]
+        while self.sent < len(schedule) and now >= self.phase_start + schedule[self.sent]:
+            self.sent += 1
+            fields = {**self._identify([]).fields, "batch_of": self.round_head}
+            for member in self._round_advisors():
+                if member.node_id not in self.advice:
+                    self.outbox.append(Send("IDENTIFY", fields, to=member.ip))
+        if self.sent < len(schedule):
+            return self.phase_start + schedule[self.sent]
+        return float("inf")
+
     def _tick_ask(self, now: float) -> float:
-        next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, lambda: Send(
-            "IDENTIFY", {"request": "who_am_i", "request_id": self.request_id,
-                         "candidate_ip": None, "capabilities": self.capabilities,
-                         "attempt": self.sent, "joining_since": self.joining_since_text()}))
-        key = join_order_key(self.joining_since, self.node_id)
-        rivals = [j for j in self.membership.joiners_asking(now) if j.key < key]
+        if self.round_head is None:
+            next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now,
+                                              lambda: self._identify(self.batch))
+            key = self._my_key()
+        else:
+            self.expected_advisors = max(1, len(self._round_advisors()))
+            next_send = self._follower_sends(now)
+            key = self.round_key or (float("-inf"), "")
+        rivals = [j for j in self.membership.joiners_asking(now)
+                  if j.key < key and j.node_id != self.round_head]
         if rivals:
-            # Someone ahead of us is asking at the same time: its turn first; this advice
-            # did not count it, so it is discarded and we ask again after it settled.
+            # Someone ahead of us (or of the round we follow) is asking at the same time: its
+            # turn first; this advice did not count it, so it is discarded and we ask again
+            # after it settled.
             LOG.info("%s is asking the hive ahead of me; waiting for it",
                      ", ".join(j.hostname for j in rivals))
             self.phase = Phase.WAIT
             self.advice = {}
+            self._end_round()
             self._status("joining")  # tell the others we stopped asking: nobody waits for us
             return now
         if len(self.advice) >= self.expected_advisors:
             self._decide()
             return now
         if now - self.phase_start >= timing.ADVICE_TIMEOUT:
+            if not self.advice and self.round_head is not None:
+                # The round we followed gave us nothing (its advisors did not know us): our
+                # own turn comes after it.
+                LOG.warning("No advice for me in the round I followed; taking my own turn")
+                self.phase = Phase.WAIT
+                self._end_round()
+                self._status("joining")
+                return now
             if self.advice:
                 LOG.warning("Only %d of %d peer(s) advised; deciding with their advice",
                             len(self.advice), self.expected_advisors)
@@ -313,6 +465,7 @@ class Lifecycle:
         decision = consensus.decide(self.advice)
         if self.guard is not None and not self.guard.claim(decision.role):
             self.phase, self.advice = Phase.WAIT, {}  # the advice did not count that node
+            self._end_round()
             self._status("joining")
             return
         self._settle({"role": decision.role, "packages": decision.packages,
@@ -320,6 +473,7 @@ class Lifecycle:
                       "reason": decision.reason, "votes": decision.votes})
 
     def _settle(self, identity: dict, move: bool = False) -> None:
+        self._end_round()
         self.decisions.append(Settle(identity, move))
         self.role = identity["role"]
         self.phase = Phase.OPERATE

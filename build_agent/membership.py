@@ -124,10 +124,17 @@ class Joiner:
     asking_until: float = 0.0  # it broadcast IDENTIFY: it is asking the hive until then
     request_id: str | None = None  # of its last IDENTIFY
     backing_off: bool = False  # nobody could advise it: it pauses and holds nobody's turn
+    capabilities: dict = field(default_factory=dict)  # as it said (advisors of a batch need it)
 
     @property
     def key(self) -> tuple[float, str]:
         return (self.joining_since, self.node_id)
+
+    def to_json(self) -> dict:
+        """peers.json's entry (``joiners``): what an advisor needs to advise it in a batch."""
+        return {"node_id": self.node_id, "hostname": self.hostname, "ip": self.ip,
+                "joining_since": format_ts(self.joining_since),
+                "capabilities": self.capabilities}
 
 
 def join_order_key(joining_since: float, node_id: str) -> tuple[float, str]:
@@ -233,6 +240,8 @@ class Membership:
             joiner.last_heard = now
             if since_text:
                 joiner.joining_since = since
+        if isinstance(message.get("capabilities"), dict):
+            joiner.capabilities = message.get("capabilities")
         state = message.get("state")
         joiner.backing_off = state == "backoff"
         if message.kind == "IDENTIFY":
@@ -241,6 +250,14 @@ class Membership:
             joiner.asking_until = now + timing.ADVICE_TIMEOUT
         elif message.kind == "HELLO" or state in ("joining", "backoff"):
             joiner.asking_until = 0.0  # discovering or waiting (it may have given way): not asking
+        if message.kind == "IDENTIFY" and message.get("batch"):
+            # A batched round (mass joins): the joiners it lists are asked for in the same
+            # round, after the sender: they are asking too (nobody else asks meanwhile).
+            for node_id in message.get("batch"):
+                queued = self.joiners.get(node_id)
+                if queued is not None:
+                    queued.asking_until = now + timing.ADVICE_TIMEOUT
+                    queued.request_id = message.get("request_id")
 
     def remove(self, node_id: str, now: float, why: str, goodbye_ts: float | None = None) -> bool:
         self.departed[node_id] = (goodbye_ts, now)
@@ -319,6 +336,16 @@ class Membership:
         out.update((m.node_id, m.request_id) for m in self.members.values()
                    if m.request_id and m.state == "moving")
         return out
+
+    def joiners_behind(self, key: tuple[float, str]) -> list[Joiner]:
+        """Joining nodes after ``key`` in the join order that a batched round may take along
+        (not one backing off), in that order."""
+        return sorted((j for j in self.joiners.values() if j.key > key and not j.backing_off),
+                      key=lambda j: j.key)
+
+    def joiners_json(self) -> list[dict]:
+        """The joining nodes for peers.json (``joiners``), in the join order."""
+        return [j.to_json() for j in sorted(self.joiners.values(), key=lambda j: j.key)]
 
     def joiners_asking(self, now: float) -> list[Joiner]:
         """Joining nodes that are asking the hive right now (IDENTIFY seen, not settled)."""

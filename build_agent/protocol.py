@@ -184,6 +184,22 @@ def _object(max_json: int) -> Validator:
     return check
 
 
+# A join round's queue (IDENTIFY ``batch``): the joiners advised in the same round after the
+# sender, in the agreed order.  At most MAX_BATCH ids, so the IDENTIFY fits in one datagram.
+MAX_BATCH = 100
+
+
+def _node_ids(limit: int) -> Validator:
+    def check(value: Any) -> Any:
+        if not isinstance(value, list) or not 1 <= len(value) <= limit \
+                or len(set(map(str, value))) != len(value):
+            _fail("node ids")
+        for item in value:
+            _text(64, NODE_ID_RE)(item)
+        return value
+    return check
+
+
 def _argv(value: Any) -> Any:
     """A command as an argument list: 1 to 256 strings, none with a NUL byte."""
     if not isinstance(value, list) or not 1 <= len(value) <= 256:
@@ -282,6 +298,9 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("joining_since", _timestamp(nullable=True), False),
         ("reask", _boolean, False),         # a member asking for a new role (healing)
         ("role", _role(nullable=True), False),  # ... and the role it has now
+        ("batch", _node_ids(MAX_BATCH), False),  # joiners advised after the sender, in order
+        ("batch_of", _text(64, NODE_ID_RE), False),  # a joiner of that asker's batch, again
+        ("members", _number(0, 1_000_000, integer=True), False),  # members the asker knows
     ),
     "ADVICE": (
         ("to", _text(64, NODE_ID_RE), False),
@@ -290,6 +309,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("config", _object(4096), True),
         ("reason", _text(300), True),
         ("request_id", _text(32, REQUEST_ID_RE), False),
+        ("batch_of", _text(64, NODE_ID_RE), False),  # the asker whose batch this answers
     ),
     "STATUS": (
         ("role", _role(nullable=True), False),

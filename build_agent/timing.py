@@ -83,6 +83,12 @@ VIEW_SYNC_TIMEOUT = 0.3
 # the default policy answers: well under ADVICE_TIMEOUT, so the advice arrives in time even for
 # an IDENTIFY first heard at the asker's last retry (IDENTIFY_SCHEDULE[-1] = 1.2 s).
 POLICY_TIMEOUT = 1.0
+# A batched round (mass joins: one IDENTIFY for a queue of joiners) has this one deadline for
+# the whole queue, POLICY_TIMEOUT, not one per joiner: then the default policy answers the rest.
+# An advisor remembers what it told each joiner of a batch for this long (or until the joiner is
+# a member): a joiner that lost its ADVICE, or asks again, is told the same, so the roles given
+# after it in the round stay right.
+BATCH_RESERVATION = 5.0
 # The agent runs a user's desired_roles off its loop and looks for the answer this often.
 POLICY_POLL = 0.1
 # Healing: a member that announced a move ('moving') and said nothing more about it for this
