@@ -183,6 +183,7 @@ class Advisor(Service):
         (a mass join, a flood).  (Whatever spacing a sender's JSON has, an IDENTIFY holds
         these bytes.)"""
         if b"IDENTIFY" not in data:
+            self.ignored += 1
             return None
         return super().receive(data, source, now)
 
