@@ -287,6 +287,8 @@ class Agent(Service):
             outs = self.prober.on_pingreq(message.node_id, source_ip, get("target"),
                                           get("target_ip"), get("seq"), now)
         elif message.kind == "PONG":
+            if get("incarnation") and get("target") is None:
+                self.membership.note_incarnation(message.node_id, parse_ts(get("incarnation")))
             outs = self.prober.on_pong(message.node_id, get("seq"), get("target"),
                                        get("ok") is not False, now)
         elif message.kind == "SUSPECT":
@@ -297,7 +299,8 @@ class Agent(Service):
                 self._refute(message, now)
             elif self.membership.declare_dead(
                     get("target"), parse_ts(get("incarnation")), now,
-                    f"is dead: no answer to probes (declared by {message.hostname})"):
+                    f"is dead: no answer to probes (declared by {message.hostname})",
+                    self._refutation_window(message.node_id)):
                 self.peers_dirty = self._plan_dirty = True
             return
         self._send_probes(outs)
@@ -315,10 +318,18 @@ class Agent(Service):
         if self.identity is None or now - self._last_refute < timing.REFUTE_MIN_GAP:
             return
         self._last_refute = now
-        self.incarnation = format_ts(self.stamp())
+        self.incarnation = self.prober.incarnation = format_ts(self.stamp())
         self.next_heartbeat = now  # the STATUS goes out at this tick
         LOG.info("%s says this node is %s: telling the hive it is alive", message.hostname,
                  "suspected" if message.kind == "SUSPECT" else "dead")
+
+    def _refutation_window(self, accuser: str) -> float:
+        """How recent a refutation must be to contradict a DEAD: the accuser's failed rounds
+        (PROBE_FAILED_ROUNDS + 1 of its probe intervals) and a second of slack."""
+        member = self.membership.members.get(accuser)
+        interval = member.probe if member is not None and member.probe > 0 \
+            else self.config.probe_interval or timing.PROBE_INTERVAL_DEFAULT
+        return (timing.PROBE_FAILED_ROUNDS + 1) * interval + 1.0
 
     def _tick_probes(self, now: float) -> float:
         ring = {m.node_id: probe.Target(m.node_id, m.ip, m.incarnation, m.hostname)

@@ -262,14 +262,25 @@ class Membership:
             return True
         return False
 
-    def declare_dead(self, node_id: str, incarnation: float, now: float, why: str) -> bool:
+    def declare_dead(self, node_id: str, incarnation: float, now: float, why: str,
+                     fresh: float = 0.0) -> bool:
         """A member declared dead by probes (a DEAD, or our own prober): removed as a heartbeat
         death is, unless it takes no part in probing (a reference-script node, an older agent:
-        never judged by probes) or we know a newer incarnation of it (it refuted meanwhile)."""
+        never judged by probes) or it refuted meanwhile: we know a newer incarnation of it than
+        the accuser did, heard within ``fresh`` seconds (the accuser's failed rounds; an older
+        refutation does not contradict them)."""
         member = self.members.get(node_id)
-        if member is None or member.probe <= 0 or member.incarnation > incarnation + 0.0005:
+        if member is None or member.probe <= 0:
+            return False
+        if member.incarnation > incarnation + 0.0005 and now - member.last_seen < fresh:
             return False
         return self.remove(node_id, now, why)
+
+    def note_incarnation(self, node_id: str, incarnation: float) -> None:
+        """A member's incarnation learned from its PONG (it refuted a suspicion)."""
+        member = self.members.get(node_id)
+        if member is not None:
+            member.incarnation = max(member.incarnation, incarnation)
 
     def expire(self, now: float) -> bool:
         """Drop members that missed DEAD_AFTER_INTERVALS heartbeats and silent joiners."""

@@ -93,6 +93,7 @@ class Prober:
         self.interval = interval
         self.rng = rng if rng is not None else random.Random()
         self.seq = self.rng.randrange(SEQ_LIMIT)
+        self.incarnation: str | None = None  # ours, once we refuted (our PONGs carry it)
         self.round: Round | None = None
         self.next_round = 0.0
         self.failed: dict[str, int] = {}      # target -> failed rounds in a row
@@ -125,7 +126,10 @@ class Prober:
         """A PING for us: answer PONG to the address it came from."""
         if to != self.node_id or not self.enabled:
             return []  # meant for a node that had this address before us, or we take no part
-        return [Out("PONG", source_ip, {"to": sender, "seq": seq})]
+        fields = {"to": sender, "seq": seq}
+        if self.incarnation is not None:  # so our prober knows it, even if it missed our STATUS
+            fields["incarnation"] = self.incarnation
+        return [Out("PONG", source_ip, fields)]
 
     def on_pingreq(self, sender: str, source_ip: str, target: str, target_ip: str, seq: int,
                    now: float) -> list[Out]:

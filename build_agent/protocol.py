@@ -332,6 +332,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("seq", _number(0, 2**31, integer=True), True),
         ("target", _text(64, NODE_ID_RE), False),  # a helper's answer about this node
         ("ok", _boolean, False),                   # ... false: it did not answer the helper
+        ("incarnation", _timestamp(), False),      # the sender's, once it refuted a suspicion
     ),
     "SUSPECT": (
         ("to", _text(64, NODE_ID_RE), True),

@@ -226,6 +226,9 @@ def test_a_ping_is_answered_only_by_the_node_it_names():
     node = Prober(B, 1.0)
     assert [(o.kind, o.ip, o.fields) for o in node.on_ping(A, B, 5, "10.9.0.1")] == [
         ("PONG", "10.9.0.1", {"to": A, "seq": 5})]
+    node.incarnation = "2026-11-27T12:00:00.000000Z"  # it refuted once: its PONGs say so
+    assert node.on_ping(A, B, 6, "10.9.0.1")[0].fields == {
+        "to": A, "seq": 6, "incarnation": "2026-11-27T12:00:00.000000Z"}
     assert node.on_ping(A, C, 5, "10.9.0.1") == []          # the address's previous owner
     assert Prober(B, 0.0).on_ping(A, B, 5, "10.9.0.1") == []  # probing off: not in any ring
 
@@ -251,8 +254,13 @@ def test_a_dead_member_is_removed_unless_reference_or_refuted():
     # A member that refuted (a newer incarnation) keeps its place
     view.observe(status("n1", "build1", "10.9.0.1", T0 + 1, probe=1.0,
                         incarnation=probe.format_ts(T0 + 1)), "10.9.0.1", 1.0)
-    assert not view.declare_dead("n1", T0 - 100, 2.0, "x") and "n1" in view.members
-    assert view.declare_dead("n1", T0 + 1, 2.0, "is dead: no answer to probes")
+    assert not view.declare_dead("n1", T0 - 100, 2.0, "x", fresh=5.0) and "n1" in view.members
+    # ... but a refutation older than the accuser's failed rounds does not contradict them
+    # (the accuser missed it; the member has been silent since)
+    assert view.declare_dead("n1", T0 - 100, 6.5, "is dead: no answer to probes", fresh=5.0)
+    assert "n1" not in view.members
+    view.observe(status("n1", "build1", "10.9.0.1", T0 + 2, probe=1.0), "10.9.0.1", 7.0)
+    assert view.declare_dead("n1", T0 + 1, 7.5, "is dead: no answer to probes", fresh=5.0)
     assert "n1" not in view.members
     # ... and comes back as any member does, at its next message
     view.observe(status("n1", "build1", "10.9.0.1", T0 + 3, probe=1.0), "10.9.0.1", 3.0)
@@ -336,6 +344,7 @@ def test_a_suspected_member_refutes_and_an_old_dead_is_then_refused(tmp_path, cl
     assert "says this node is suspected: telling the hive it is alive" in caplog.text
     for n in ("build2", "build4", "build5"):
         assert hive.nodes[n].agent.membership.members[target.node_id].incarnation > old
+    assert target.agent.prober.incarnation == target.agent.incarnation
     # A DEAD about the incarnation before the refutation changes nothing anywhere
     accuser.agent._send_probes([probe.Out("DEAD", None, {
         "target": target.node_id, "target_ip": target.ip, "incarnation": probe.format_ts(old)})])
