@@ -99,6 +99,7 @@ class Agent(Service):
         self.prober = probe.Prober(node_id, config.probe_interval)
         self.incarnation: str | None = None  # set by the first refutation (else: started)
         self._last_refute = float("-inf")
+        self._probe_due = 0.0  # the prober's next deadline (nothing to do before it)
         self.peers_dirty = True
         self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
 
@@ -286,6 +287,7 @@ class Agent(Service):
         elif message.kind == "PINGREQ":
             outs = self.prober.on_pingreq(message.node_id, source_ip, get("target"),
                                           get("target_ip"), get("seq"), now)
+            self._probe_due = now  # a helper's deadline: the prober's schedule changed
         elif message.kind == "PONG":
             if get("incarnation") and get("target") is None:
                 self.membership.note_incarnation(message.node_id, parse_ts(get("incarnation")))
@@ -332,6 +334,8 @@ class Agent(Service):
         return (timing.PROBE_FAILED_ROUNDS + 1) * interval + 1.0
 
     def _tick_probes(self, now: float) -> float:
+        if now < self._probe_due:
+            return self._probe_due  # (the ring is only built when the prober has work)
         ring = {m.node_id: probe.Target(m.node_id, m.ip, m.incarnation, m.hostname)
                 for m in self.membership.members.values()
                 if m.probe > 0 and m.node_id != self.node_id}
@@ -342,6 +346,7 @@ class Agent(Service):
                 self.peers_dirty = self._plan_dirty = True
         self.prober.deaths.clear()
         self._send_probes(outs)
+        self._probe_due = due
         return due
 
     def own_id_heard(self, message: Message, now: float) -> None:
