@@ -367,3 +367,52 @@ def test_no_false_death_in_ten_minutes_at_5_percent_loss(tmp_path, clock, caplog
     print(f"seed {seed}: {rounds} rounds, {failed} failed (one lost datagram chain each), "
           f"{hive.net.dropped} datagrams dropped")
     assert rounds > 8 * 550
+
+
+# --- configuration ----------------------------------------------------------------------------
+@pytest.mark.parametrize("text, value", [("", timing.PROBE_INTERVAL_DEFAULT),
+                                         ("probe_interval = 0", 0.0),
+                                         ("probe_interval = 0.5", 0.5),
+                                         ("probe_interval = 2", 2.0)])
+def test_probe_interval_in_hive_toml(tmp_path, text, value):
+    from build_agent.config import load_config
+    path = tmp_path / "hive.toml"
+    path.write_text(text + "\n")
+    config = load_config(str(path))
+    assert config.probe_interval == value and isinstance(config.probe_interval, float)
+
+
+@pytest.mark.parametrize("bad", ["0.1", "61", "-1", '"1"', "true"])
+def test_a_bad_probe_interval_is_one_clear_line(tmp_path, bad):
+    from build_agent.config import ConfigError, load_config
+    path = tmp_path / "hive.toml"
+    path.write_text(f"probe_interval = {bad}\n")
+    with pytest.raises(ConfigError, match="probe_interval' must be 0 \\(no probing\\) or a number"):
+        load_config(str(path))
+
+
+def test_a_node_with_probing_off_states_no_probe_and_is_never_probed(tmp_path, clock, caplog):
+    """probe_interval = 0 on one node: the others judge it by heartbeats alone (3 intervals) and
+    never PING it; it is not killed by the probes of the others when it stops answering."""
+    import dataclasses
+    net = Net(clock, seed=3)
+    hive = Hive(tmp_path, net, clock)
+    for i in range(4):
+        hive.add(f"build{2 + i}", "runner", 22 + i, heartbeat=10.0)
+    off = hive.nodes["build3"]
+    hive.crash(off)
+    off.config = dataclasses.replace(off.config, probe_interval=0.0)
+    hive.boot(off)
+    hive.run(clock.now + 12)
+    others = [n for n in hive.nodes.values() if n is not off]
+    assert all(n.agent.membership.members[off.node_id].probe == 0 for n in others)
+    assert all(n.agent.membership.members[o.node_id].probe == 1.0 for n in others for o in others
+               if o is not n)
+    sent = dict(net.sent)
+    hive.run(clock.now + 10)
+    assert net.sent["PING"] - sent.get("PING", 0) <= 3 * 10 + 2  # 3 probers, not 4
+    hive.crash(off)
+    hive.run(clock.now + 25)
+    assert all(off.node_id in n.agent.membership.members for n in others)  # not before 30 s
+    hive.run(clock.now + 10)
+    assert all(off.node_id not in n.agent.membership.members for n in others)
