@@ -30,8 +30,8 @@ import time
 from typing import Callable, Sequence
 
 from . import capabilities as caps_mod
-from . import control, hooks, metrics, plan as plans, provision, readiness, state, taskrun, tasks
-from . import timing
+from . import control, hooks, metrics, plan as plans, probe, provision, readiness, state
+from . import taskrun, tasks, timing
 from .config import Config
 from .daemon import Service
 from .discovery import Discovery, welcome_addresses
@@ -43,6 +43,9 @@ from .netif import Interface
 from .protocol import MAGIC, Message, format_ts, format_ts_seconds, make_payload, parse_ts
 
 LOG = logging.getLogger(__name__)
+
+
+PROBE_KINDS = ("PING", "PINGREQ", "PONG", "SUSPECT", "DEAD")
 
 
 def _ip_value(address: str) -> int:
@@ -92,6 +95,12 @@ class Agent(Service):
         self.life = Lifecycle(node_id, self.membership, clock, self.capabilities,
                               guard=self._role_guard())
         self.next_heartbeat = 0.0
+        # Failure detection (probe.py): this node probes its ring successor, helps others probe,
+        # and refutes a suspicion of itself with a STATUS carrying a new incarnation.
+        self.prober = probe.Prober(node_id, config.probe_interval)
+        self.incarnation: str | None = None  # set by the first refutation (else: started)
+        self._last_refute = float("-inf")
+        self._probe_due = 0.0  # the prober's next deadline (nothing to do before it)
         self.peers_dirty = True
         self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
         # The metrics file (metrics.py): on changes (at most every METRICS_MIN_GAP) and at
@@ -160,6 +169,10 @@ class Agent(Service):
     def _payload(self, kind: str, **fields) -> dict:
         if kind in ("HELLO", "WELCOME", "STATUS"):
             fields["started"] = self.started_text  # settles who keeps a node id two nodes share
+            if self.prober.enabled:  # we answer PINGs: probe us (see probe.py)
+                fields["probe"] = self.config.probe_interval
+            if self.incarnation is not None:
+                fields["incarnation"] = self.incarnation
             if self.identity is not None:  # what healing plans need of us
                 fields.update(joined_at=self.identity["assigned_at"],
                               role_since=self._role_since(), rebalance=self.config.rebalance)
@@ -255,7 +268,10 @@ class Agent(Service):
             self._count_member(message.node_id, before_role)
         if message.kind == "IDENTIFY":
             self.peers_dirty = True  # the advisor waits for peers.json to show it (requests)
-        if message.kind == "HELLO":
+        self.prober.heard(message.node_id, now)  # every message is a sign of life
+        if message.kind in PROBE_KINDS:
+            self._handle_probe(message, source_ip, now)
+        elif message.kind == "HELLO":
             members = len(self.membership.established()) + (1 if self.identity else 0)
             addresses = self.discovery.welcome_list(self._known_ips(), source_ip, now)
             self._reply("WELCOME", source_ip, to=message.node_id, role=self.role, members=members,
@@ -270,6 +286,78 @@ class Agent(Service):
                 new = self.discovery.learn(welcome_addresses(message), now, self._known_ips())
                 self._hello_to([(ip, self.config.port) for ip in new])
             self.life.on_message(message)
+
+    # --- failure detection (probe.py) ----------------------------------------------------------
+    def _handle_probe(self, message: Message, source_ip: str, now: float) -> None:
+        get = message.get
+        if message.kind == "PING":
+            outs = self.prober.on_ping(message.node_id, get("to"), get("seq"), source_ip)
+        elif get("to", get("target")) != self.node_id and message.kind != "DEAD":
+            return  # for a node that had our address before us
+        elif message.kind == "PINGREQ":
+            outs = self.prober.on_pingreq(message.node_id, source_ip, get("target"),
+                                          get("target_ip"), get("seq"), now)
+            self._probe_due = now  # a helper's deadline: the prober's schedule changed
+        elif message.kind == "PONG":
+            if get("incarnation") and get("target") is None:
+                self.membership.note_incarnation(message.node_id, parse_ts(get("incarnation")))
+            outs = self.prober.on_pong(message.node_id, get("seq"), get("target"),
+                                       get("ok") is not False, now)
+        elif message.kind == "SUSPECT":
+            self._refute(message, now)
+            return
+        else:  # DEAD
+            if get("target") == self.node_id:
+                self._refute(message, now)
+            elif self.membership.declare_dead(
+                    get("target"), parse_ts(get("incarnation")), now,
+                    f"is dead: no answer to probes (declared by {message.hostname})",
+                    self._refutation_window(message.node_id)):
+                self.peers_dirty = self._plan_dirty = True
+            return
+        self._send_probes(outs)
+
+    def _send_probes(self, outs: Sequence[probe.Out]) -> None:
+        for out in outs:
+            if out.ip is None:
+                self._broadcast(out.kind, **out.fields)
+            else:
+                self._reply(out.kind, out.ip, **out.fields)
+
+    def _refute(self, message: Message, now: float) -> None:
+        """A SUSPECT or DEAD about this node: say at once, to everyone, that it is alive (a
+        STATUS with a new incarnation: a DEAD about the old one is refused by who hears it)."""
+        if self.identity is None or now - self._last_refute < timing.REFUTE_MIN_GAP:
+            return
+        self._last_refute = now
+        self.incarnation = self.prober.incarnation = format_ts(self.stamp())
+        self.next_heartbeat = now  # the STATUS goes out at this tick
+        LOG.info("%s says this node is %s: telling the hive it is alive", message.hostname,
+                 "suspected" if message.kind == "SUSPECT" else "dead")
+
+    def _refutation_window(self, accuser: str) -> float:
+        """How recent a refutation must be to contradict a DEAD: the accuser's failed rounds
+        (PROBE_FAILED_ROUNDS + 1 of its probe intervals) and a second of slack."""
+        member = self.membership.members.get(accuser)
+        interval = member.probe if member is not None and member.probe > 0 \
+            else self.config.probe_interval or timing.PROBE_INTERVAL_DEFAULT
+        return (timing.PROBE_FAILED_ROUNDS + 1) * interval + 1.0
+
+    def _tick_probes(self, now: float) -> float:
+        if now < self._probe_due:
+            return self._probe_due  # (the ring is only built when the prober has work)
+        ring = {m.node_id: probe.Target(m.node_id, m.ip, m.incarnation, m.hostname)
+                for m in self.membership.members.values()
+                if m.probe > 0 and m.node_id != self.node_id}
+        outs, due = self.prober.tick(now, ring)
+        for dead in self.prober.deaths:
+            if self.membership.declare_dead(dead.node_id, dead.incarnation, now,
+                                            "is dead: no answer to probes, direct or indirect"):
+                self.peers_dirty = self._plan_dirty = True
+        self.prober.deaths.clear()
+        self._send_probes(outs)
+        self._probe_due = due
+        return due
 
     def own_id_heard(self, message: Message, now: float) -> None:
         """Another machine uses our node id: a clone of one image.  Both sides see it; the
@@ -290,7 +378,7 @@ class Agent(Service):
 
     def _take_fresh_node_id(self, other: Message) -> None:
         old, self.node_id = self.node_id, state.new_uuid4()
-        self.healer.node_id = self.life.node_id = self.node_id
+        self.healer.node_id = self.life.node_id = self.prober.node_id = self.node_id
         state.write_node_id(self.config.node_id_path, self.node_id)
         self.started_text = format_ts(self.clock())
         LOG.warning("Node id %s is also used by %s (%s), which has had it longer (a cloned "
@@ -310,7 +398,10 @@ class Agent(Service):
         self.now = now
         if self.membership.expire(now):
             self.peers_dirty = self._plan_dirty = True
-        deadlines = [self.membership.next_deadline(), self._tick_life(now)]
+        deadlines = [self.membership.next_deadline()]
+        if self.life.phase in (Phase.OPERATE, Phase.MOVE):  # a member: probes and is probed
+            deadlines.append(self._tick_probes(now))
+        deadlines.append(self._tick_life(now))
         if self.life.phase in (Phase.OPERATE, Phase.MOVE):
             if self.life.phase is Phase.OPERATE:
                 deadlines.append(self._tick_heal(now))

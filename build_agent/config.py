@@ -98,6 +98,9 @@ class Config:
     secret_file: str = "/etc/build/shared_secret"
     state_dir: str = "/var/lib/build"
     heartbeat_interval: float = 10.0
+    # Seconds between this node's probes of its ring successor (failure detection, probe.py);
+    # 0: this node neither probes nor is probed (the heartbeat rule alone judges it).
+    probe_interval: float = timing.PROBE_INTERVAL_DEFAULT
     install_packages: bool = True
     policy: str = ""  # empty: the built-in default policy
     log_level: str = "info"
@@ -170,6 +173,11 @@ def _check(name: str, value: object) -> object:
     elif name == "heartbeat_interval":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.2 <= value <= 3600:
             raise bad("a number of seconds from 0.2 to 3600")
+        value = float(value)
+    elif name == "probe_interval":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not (value == 0 or 0.2 <= value <= 60):
+            raise bad("0 (no probing) or a number of seconds from 0.2 to 60")
         value = float(value)
     elif name in ("install_packages", "rebalance"):
         if not isinstance(value, bool):

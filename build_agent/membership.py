@@ -40,9 +40,15 @@ class Member:
     state_at: float = 0.0            # steady time the state was last said
     request_id: str | None = None    # of its last re-ask (IDENTIFY)
     queue: int = 0                   # tasks queued on it (a controller's STATUS)
+    probe: float = 0.0               # its probe interval (> 0: it answers PINGs; probe.py)
+    incarnation: float = 0.0         # its newest incarnation: started, or its last refutation
 
     def deadline(self) -> float:
-        return self.last_seen + timing.DEAD_AFTER_INTERVALS * self.interval
+        """The heartbeat rule; a member that takes part in probing is judged by probes first
+        and by a longer heartbeat backstop (timing.DEAD_AFTER_INTERVALS_PROBED)."""
+        intervals = timing.DEAD_AFTER_INTERVALS_PROBED if self.probe > 0 \
+            else timing.DEAD_AFTER_INTERVALS
+        return self.last_seen + intervals * self.interval
 
     def is_moving(self, now: float) -> bool:
         """Announced a move that is not over, and not gone quiet about it (MOVE_TIMEOUT)."""
@@ -216,6 +222,11 @@ class Membership:
         for name in ("joined_at", "role_since", "started"):
             if message.get(name):
                 setattr(member, name, parse_ts(message.get(name)))
+        if message.kind in ("HELLO", "WELCOME", "STATUS"):  # the kinds that say it (probe.py)
+            member.probe = float(message.get("probe") or 0.0)
+            for name in ("started", "incarnation"):
+                if message.get(name):
+                    member.incarnation = max(member.incarnation, parse_ts(message.get(name)))
         if message.get("rebalance") is not None:
             member.rebalance = message.get("rebalance")
         if message.kind == "IDENTIFY":
@@ -267,6 +278,26 @@ class Membership:
             LOG.info("Peer %s (%s) %s", member.hostname, member.ip, why)
             return True
         return False
+
+    def declare_dead(self, node_id: str, incarnation: float, now: float, why: str,
+                     fresh: float = 0.0) -> bool:
+        """A member declared dead by probes (a DEAD, or our own prober): removed as a heartbeat
+        death is, unless it takes no part in probing (a reference-script node, an older agent:
+        never judged by probes) or it refuted meanwhile: we know a newer incarnation of it than
+        the accuser did, heard within ``fresh`` seconds (the accuser's failed rounds; an older
+        refutation does not contradict them)."""
+        member = self.members.get(node_id)
+        if member is None or member.probe <= 0:
+            return False
+        if member.incarnation > incarnation + 0.0005 and now - member.last_seen < fresh:
+            return False
+        return self.remove(node_id, now, why)
+
+    def note_incarnation(self, node_id: str, incarnation: float) -> None:
+        """A member's incarnation learned from its PONG (it refuted a suspicion)."""
+        member = self.members.get(node_id)
+        if member is not None:
+            member.incarnation = max(member.incarnation, incarnation)
 
     def expire(self, now: float) -> bool:
         """Drop members that missed DEAD_AFTER_INTERVALS heartbeats and silent joiners."""

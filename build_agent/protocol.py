@@ -57,7 +57,7 @@ MAX_DATAGRAM = 8192
 DEFAULT_PORT = 50555
 
 KINDS = ("HELLO", "WELCOME", "IDENTIFY", "ADVICE", "STATUS", "HEARTBEAT", "TASK", "RESULT",
-         "ACK", "CANCEL", "LOGS", "LOGDATA")
+         "ACK", "CANCEL", "LOGS", "LOGDATA", "PING", "PINGREQ", "PONG", "SUSPECT", "DEAD")
 
 ROLE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+\Z")
@@ -276,6 +276,8 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("joined_at", _timestamp(nullable=True), False),
         ("role_since", _timestamp(nullable=True), False),
         ("rebalance", _boolean, False),
+        ("probe", _number(0, 3600), False),            # its probe interval: it answers PINGs
+        ("incarnation", _timestamp(), False),          # its newest refutation (default: started)
     ),
     "WELCOME": (
         ("to", _text(64, NODE_ID_RE), False),
@@ -288,6 +290,8 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("joined_at", _timestamp(nullable=True), False),
         ("role_since", _timestamp(nullable=True), False),
         ("rebalance", _boolean, False),
+        ("probe", _number(0, 3600), False),            # its probe interval: it answers PINGs
+        ("incarnation", _timestamp(), False),          # its newest refutation (default: started)
     ),
     "IDENTIFY": (
         ("request", _text(32), False),
@@ -325,10 +329,43 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("role_since", _timestamp(nullable=True), False),
         ("rebalance", _boolean, False),
         ("queue", _number(0, 1_000_000, integer=True), False),  # a controller's queued tasks
+        ("probe", _number(0, 3600), False),            # its probe interval: it answers PINGs
+        ("incarnation", _timestamp(), False),          # its newest refutation (default: started)
     ),
     "HEARTBEAT": (
         ("identity", _identity, False),
         ("interval", _number(0.05, 86400), False),
+    ),
+    # Failure detection (see build_agent/probe.py): each member PINGs its successor on a ring
+    # by node id and gets a PONG; with none, PINGREQ asks helpers to PING the target for it, and
+    # they answer PONG with ``target`` (``ok`` false: they got no answer either).  SUSPECT tells
+    # a target it is suspected (it refutes with a STATUS carrying a new ``incarnation``); DEAD
+    # (to everyone) declares a member dead, unless the receiver knows a newer incarnation.
+    "PING": (
+        ("to", _text(64, NODE_ID_RE), True),
+        ("seq", _number(0, 2**31, integer=True), True),
+    ),
+    "PINGREQ": (
+        ("to", _text(64, NODE_ID_RE), True),
+        ("target", _text(64, NODE_ID_RE), True),
+        ("target_ip", _ip(), True),
+        ("seq", _number(0, 2**31, integer=True), True),
+    ),
+    "PONG": (
+        ("to", _text(64, NODE_ID_RE), True),
+        ("seq", _number(0, 2**31, integer=True), True),
+        ("target", _text(64, NODE_ID_RE), False),  # a helper's answer about this node
+        ("ok", _boolean, False),                   # ... false: it did not answer the helper
+        ("incarnation", _timestamp(), False),      # the sender's, once it refuted a suspicion
+    ),
+    "SUSPECT": (
+        ("to", _text(64, NODE_ID_RE), True),
+        ("incarnation", _timestamp(), True),
+    ),
+    "DEAD": (
+        ("target", _text(64, NODE_ID_RE), True),
+        ("target_ip", _ip(), False),
+        ("incarnation", _timestamp(), True),
     ),
     # Build work (see build_agent/tasks.py): a controller sends TASK to a worker; every TASK,
     # RESULT and CANCEL is acknowledged (ACK) and sent again until it is; LOGS asks a worker for

@@ -34,10 +34,59 @@ JOINING_PEER_TIMEOUT = 3.5
 
 # A member is dead after missing this many of its own heartbeat intervals.
 DEAD_AFTER_INTERVALS = 3
+# ... or this many, for a member that takes part in probing (it states a probe interval): probes
+# notice its death in seconds, so the heartbeat rule is only the backstop, and a long one: at 5 %
+# loss three lost STATUS in a row (0.05^3 = 1.25e-4 per member, observer and interval) would
+# drop a live member about 3 times per 10 minutes in a hive of 20 (20*19 pairs * 60 intervals);
+# six in a row (1.6e-8) about once in 2,800 such runs, at 200 hosts about once in 27.
+DEAD_AFTER_INTERVALS_PROBED = 6
 # A sender that states no interval (a node of the reference scripts: HEARTBEAT, no
 # ``interval``) heartbeats about every 32 s: it is given this interval, not ours.
 REFERENCE_INTERVAL = 32.0
 
+# Failure detection by probing (build_agent/probe.py, SWIM-like; STATUS broadcasts stay slow).
+# The members that state a probe interval (``probe`` in HELLO/WELCOME/STATUS) form a ring ordered
+# by node id; every member probes its successor once per probe interval (hive.toml
+# probe_interval, seconds; 0: this node takes no part and is judged by heartbeats alone).
+PROBE_INTERVAL_DEFAULT = 1.0
+# One probe round lasts one probe interval: a PING to the target; with no PONG after this share
+# of the interval, PINGREQ to PROBE_HELPERS other members, each of which PINGs the target and
+# answers PONG (the target answered it) or, after PROBE_HELPER_SHARE of the interval, a NACK
+# (PONG ok=false: it could not reach the target either).  A round fails when no sign of life of
+# the target came in the whole round (any message of it counts, late PONGs included) and we heard
+# some other node during it (a helper's NACK, our own predecessor's PING): a prober that hears
+# nobody may be cut off itself, and accuses nobody.
+PROBE_DIRECT_SHARE = 0.35
+PROBE_HELPER_SHARE = 0.4
+PROBE_HELPERS = 3
+# The target is suspected after one failed round (SUSPECT to it, so it refutes at once by a STATUS
+# with a new ``incarnation``), and declared dead (DEAD broadcast, applied at once by every member)
+# after this many failed rounds in a row, with no sign of life in between.
+#
+# False deaths at 5 % independent loss per datagram (p = 0.05), the figure of the chaos runs:
+#   direct path fails (PING or PONG lost):            1 - 0.95^2 = 0.0975
+#   one helper's path fails (PINGREQ, PING, PONG, relay): 1 - 0.95^4 = 0.185; three: 0.185^3 = 0.0064
+#   a round fails for a live target:                  <= 0.0975 * 0.0064 = 6.2e-4
+#   three rounds in a row:                            (6.2e-4)^3 = 2.4e-10
+# A member starts one round per second: 200 members * 600 s = 120,000 rounds per 10 minutes,
+# so 120,000 * 2.4e-10 = 3e-5 expected false deaths (20 members: 3e-6), ignoring the refutation
+# that a SUSPECT also gives.  Two rounds would give 0.05 at 200 hosts: not << 1.  A kill -9 is
+# noticed 3-4 s after it (the round under way, then three failed rounds), plus the broadcast.
+# A target stalled for less than about 2 s (SIGSTOP, a pause, 1.5 s of dropped input) fails at
+# most two rounds in a row: it stays a member.
+PROBE_FAILED_ROUNDS = 3
+# A round's timer handled more than PROBE_LATE_SLACK late (a starved process) is given
+# PROBE_LATE_GRACE more, once, so PONGs queued in the socket are read before it concludes.
+PROBE_LATE_SLACK = 0.25
+PROBE_LATE_GRACE = 0.05
+# A helper keeps at most this many PINGREQs it is working on (the rest are not answered).
+PROBE_HELPER_PENDING = 64
+# DEAD is broadcast at these offsets from the decision (each one a new message): at 5 % loss a
+# member misses all three with 1.25e-4 (then the heartbeat rule drops the dead node later).
+DEAD_SCHEDULE = (0.0, 0.3, 1.0)
+# A node refutes (a STATUS with a new incarnation) a SUSPECT or DEAD about itself at most this
+# often.
+REFUTE_MIN_GAP = 0.5
 # Provisioning: apt-get update attempts, the pause between them, and the retry of a failed install.
 APT_UPDATE_ATTEMPTS = 3
 APT_UPDATE_PAUSE = 5.0

@@ -28,7 +28,8 @@ def policy_copy(name: str, directory: Path) -> str:
 
 
 def test_killed_node_leaves_every_peers_json_within_three_heartbeats(make_lab):
-    lab = make_lab(heartbeat=1)
+    # The heartbeat rule, for members that take no part in probing (probing: test_lab_probes).
+    lab = make_lab(heartbeat=1, toml="probe_interval = 0")
     lab.up(4)
     lab.wait_for(lambda: all(len(lab.peer_names(i)) == 3 for i in range(1, 5)), 10,
                  "everyone to list everyone")

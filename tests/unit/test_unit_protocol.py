@@ -423,6 +423,12 @@ TASK_KINDS_REQUIRED = {
     "CANCEL": {"to": NODE, "task_id": "t1", "attempt": 1},
     "LOGS": {"to": NODE, "task_id": "t1", "attempt": 1, "offset": 0, "request": "r1"},
     "LOGDATA": {"to": NODE, "task_id": "t1", "attempt": 1, "offset": 0, "request": "r1"},
+    # failure detection (probe.py)
+    "PING": {"to": NODE, "seq": 1},
+    "PINGREQ": {"to": NODE, "target": NODE, "target_ip": "10.0.0.9", "seq": 1},
+    "PONG": {"to": NODE, "seq": 1},
+    "SUSPECT": {"to": NODE, "incarnation": "2026-11-27T12:00:00.000000Z"},
+    "DEAD": {"target": NODE, "incarnation": "2026-11-27T12:00:00.000000Z"},
 }
 
 
