@@ -205,6 +205,9 @@ s.sendto(valid, ("{ip1}", 50555))
     lab.wait_for(lambda: sum(1 for r in member_watch.records()
                              if r["payload"] and r["payload"].get("hostname") == "replayer")
                  >= 2, 10, "build1's watch to see the replayed datagram")
+    # The member's own heartbeat (every 2 s here) may come after a quick join: wait for one.
+    lab.wait_for(lambda: kinds(member_watch.records(), "out")["STATUS"] >= 1, 10,
+                 "build1's watch to see one of its own heartbeats go out")
     print(f"join and checks took {time.monotonic() - started:.1f} s")
     member, joiner = member_watch.finish(), newcomer_watch.finish()
 
