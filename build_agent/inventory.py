@@ -12,8 +12,8 @@ inventory out.
   would be a group Ansible or this inventory already uses (all, ungrouped, hive_*), and '_2',
   '_3', ... added when two roles would still get the same group.  ``hive_role`` always carries
   the exact role.
-- peers.json lists only members heard within 3 of their heartbeats (the agent drops the others).
-  A listed member whose last heartbeat is older than that *now* can only come from a stale file
+- peers.json lists only the members the agent keeps: heard within 3 of their heartbeats, or 6
+  for one that takes part in probing (``probe`` > 0).  A listed member older than that *now* can only come from a stale file
   (build-agent is stopped or hung): it goes into the group ``hive_dead`` and into no role group,
   so a play against a role never waits on hosts the hive would have given up on, while
   `ansible hive_dead --list-hosts` still shows them.  A node that has no role yet (this node,
@@ -125,8 +125,10 @@ def build(peers: dict | None, identity: dict | None, now: float) -> tuple[dict, 
         is_self = entry.get("_self") is True
         last_seen = _stamp(entry.get("last_seen"))
         interval = entry.get("interval")
+        probed = isinstance(entry.get("probe"), (int, float)) and entry["probe"] > 0
+        intervals = timing.DEAD_AFTER_INTERVALS_PROBED if probed else timing.DEAD_AFTER_INTERVALS
         dead = (not is_self and last_seen is not None and isinstance(interval, (int, float))
-                and now - last_seen > timing.DEAD_AFTER_INTERVALS * interval + _STAMP_SLACK)
+                and now - last_seen > intervals * interval + _STAMP_SLACK)
         name = hostname
         if name in hostvars:   # two members with one hostname (clones): both stay reachable
             name = f"{hostname}_{str(entry.get('node_id'))[:8]}"
@@ -161,7 +163,7 @@ def build(peers: dict | None, identity: dict | None, now: float) -> tuple[dict, 
     updated = _stamp(peers.get("updated_at"))
     if dead_hosts := inventory.get(DEAD_GROUP, {}).get("hosts"):
         problems.append(f"peers.json was last written at {peers.get('updated_at')} and lists "
-                        f"{len(dead_hosts)} member(s) not heard for 3 heartbeats: they are in "
+                        f"{len(dead_hosts)} member(s) the agent no longer hears: they are in "
                         f"group {DEAD_GROUP}, not in their role's group (is build-agent "
                         f"running? systemctl status build-agent)")
     elif not peers:

@@ -65,7 +65,8 @@ class Member:
                 "capacity": self.capacity, "health": self.health,
                 "interval": self.interval, "joined_at": stamp(self.joined_at),
                 "role_since": stamp(self.role_since), "started": stamp(self.started),
-                "rebalance": self.rebalance, "state": self.state, "queue": self.queue}
+                "rebalance": self.rebalance, "state": self.state, "queue": self.queue,
+                "probe": self.probe}
 
     def view(self, now: float) -> dict:
         """The member as policies and plans see it: see ``view_entry``."""

@@ -79,6 +79,17 @@ def test_a_member_the_agent_would_have_dropped_is_in_hive_dead_only():
     assert len(problems) == 1 and "hive_dead" in problems[0] and "build-agent" in problems[0]
 
 
+def test_a_probing_member_is_dead_only_after_the_agents_longer_backstop():
+    """A member that answers probes is kept by the agent up to 6 heartbeat intervals (its lost
+    heartbeats do not matter while it answers): the inventory judges it the same way."""
+    peers = peers_json(member("build3", "10.0.0.23", "builder", seen_ago=45, probe=1.0),
+                       member("build4", "10.0.0.24", "builder", seen_ago=65, probe=1.0),
+                       member("build5", "10.0.0.25", "builder", seen_ago=45))
+    hive, _ = inventory.build(peers, None, NOW)
+    assert hive["builder"]["hosts"] == ["build3"]
+    assert hive["hive_dead"]["hosts"] == ["build4", "build5"]
+
+
 def test_a_members_capabilities_cannot_steer_ansible():
     evil = {"cpu_cores": 1, "ansible_connection": "local", "ansible_host": "127.0.0.1",
             "ansible_become_pass": "x", "inventory_hostname": "build2", "hostvars": {},
