@@ -573,7 +573,7 @@ class Agent(Service):
         if self.desired_roles is None or self.identity is None:
             return float("inf")
         wake = self._update_plan(now)
-        moving = any(m.is_moving(now) for m in self.membership.members.values())
+        moving = self.membership.any_moving(now)
         step = self.healer.step(self.plan, now, moving)
         for line in step.lines:
             LOG.info("%s", line)
