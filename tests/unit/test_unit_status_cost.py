@@ -241,3 +241,17 @@ def test_moving_is_walked_only_while_a_move_may_last(size):
     assert ms.any_moving(T0 + 2 + timing.MOVE_TIMEOUT - 0.01) is True
     CountingDict.walks = 0
     assert ms.any_moving(T0 + 2 + timing.MOVE_TIMEOUT) is False and CountingDict.walks == 0
+
+
+def test_repeated_stamps_are_parsed_once_and_bad_ones_still_refused():
+    stamp = protocol.format_ts(T0 + 0.123456)
+    protocol.parse_ts(stamp)
+    before = protocol._parse_ts.cache_info()
+    for _ in range(10):
+        assert protocol.parse_ts(stamp) == pytest.approx(T0 + 0.123456, abs=1e-6)
+    after = protocol._parse_ts.cache_info()
+    assert after.hits - before.hits == 10 and after.misses == before.misses
+    for bad in ("2026-13-40T00:00:00.000000Z", "yesterday", 12.5, None):
+        for _ in range(2):  # a refusal is not remembered as a value
+            with pytest.raises(protocol.ProtocolError):
+                protocol.parse_ts(bad)
