@@ -98,6 +98,30 @@ def measure(members: int, rounds: int, profile: bool = False) -> tuple[float, fl
         return sum(costs) / len(costs), costs[len(costs) // 2]
 
 
+def measure_keepalive(members: int, joiners: int = 100) -> float:
+    """The median cost of a joining node's keep-alive STATUS (every JOINING_KEEPALIVE while
+    it joins: a mass join) at an agent with ``members`` members."""
+    with tempfile.TemporaryDirectory() as tmp:
+        agent, clock, sock, peers = make(members, tmp)
+        _, now = feed(agent, clock, sock, peers, 1, T0 + 1)
+        since = protocol.format_ts(now + 0.5)
+        costs = []
+        for r in range(3):
+            for j in range(joiners):
+                at, ip = now + 1 + r + j * 0.9 / joiners, f"10.9.200.{j % 250 + 3}"
+                data = protocol.encode(protocol.make_payload(
+                    "STATUS", f"jjjj-{j:04d}", f"new{j:04d}", ip, at, state="joining",
+                    joining_since=since, capabilities=CAPS), SECRET)
+                t = time.perf_counter()
+                clock.now = at
+                message = agent.receive(data, (ip, 50555), at)
+                agent.handle(message, ip, at)
+                agent.tick(at)
+                costs.append(time.perf_counter() - t)
+        costs.sort()
+        return costs[len(costs) // 2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20,50,200")
@@ -113,6 +137,10 @@ def main() -> int:
         mean, median = min(r[0] for r in runs), min(r[1] for r in runs)
         print(f"{size:4d} members: per STATUS (receive + handle + tick) median "
               f"{median * 1e3:.3f} ms, mean {mean * 1e3:.3f} ms (with the once-per-interval work)")
+    for size in (int(s) for s in args.sizes.split(",")):
+        best = min(measure_keepalive(size) for _ in range(3))
+        print(f"{size:4d} members: a joiner's keep-alive STATUS (100 joining) median "
+              f"{best * 1e3:.3f} ms")
     return 0
 
 
