@@ -45,10 +45,10 @@ class CountingDict(dict):
         return super().__iter__()
 
 
-def _operating(make_agent, config) -> Agent:
-    """An agent that has its identity and operates (a builder), in ``config``'s state dir."""
+def _operating(make_agent, config, role: str = "builder") -> Agent:
+    """An agent that has its identity and operates (``role``), in ``config``'s state dir."""
     state.write_json_atomic(config.identity_path, {
-        "role": "builder", "packages": [], "config": {}, "assigned_by": ["self"],
+        "role": role, "packages": [], "config": {}, "assigned_by": ["self"],
         "assigned_at": "2026-11-25T10:00:00Z", "provisioned": True})
     agent = make_agent(cfg=config)
     agent.start(T0)
@@ -71,10 +71,14 @@ def _status_round(agent: Agent, size: int, start: float, span: float, role=lambd
         step(agent, agent.clock, now)
 
 
-def _walks_per_round(make_agent, config, monkeypatch, size: int) -> tuple[int, float]:
+def _walks_per_round(make_agent, config, monkeypatch, size: int, role: str
+                     ) -> tuple[int, float]:
     """(walks of the member table, deadline computations per datagram) for a round of
     STATUS that change nothing but freshness, between two of the agent's heartbeats."""
-    agent = _operating(make_agent, config)
+    if role == "controller":  # with tasks on: it places the queued ones on the members
+        config = replace(config, tasks=replace(config.tasks, enabled=True))
+    agent = _operating(make_agent, config, role)
+    assert agent.role == role
     _status_round(agent, size, T0 + 0.5, 0.5)  # they join the view (peers.json, plan: once)
     step(agent, agent.clock, T0 + 1.5)  # (the metrics file, written at most every second)
     agent.membership.members = CountingDict(agent.membership.members)
@@ -93,12 +97,13 @@ def _walks_per_round(make_agent, config, monkeypatch, size: int) -> tuple[int, f
     return CountingDict.walks, deadlines / size
 
 
+@pytest.mark.parametrize("role", ["builder", "controller"])  # (a controller places tasks)
 def test_a_status_costs_the_same_at_20_and_200_members(make_agent, config, monkeypatch,
-                                                        tmp_path):
-    small = _walks_per_round(make_agent, config, monkeypatch, 20)
+                                                        tmp_path, role):
+    small = _walks_per_round(make_agent, config, monkeypatch, 20, role)
     (tmp_path / "big").mkdir()  # a fresh agent: its own state files
     big = _walks_per_round(make_agent, replace(config, state_dir=str(tmp_path / "big")),
-                           monkeypatch, 200)
+                           monkeypatch, 200, role)
     print(f"\nmember-table walks per round of STATUS: {small[0]} at 20 members, {big[0]} at 200;"
           f" deadline computations per STATUS: {small[1]:.2f}, {big[1]:.2f}")
     # No walk of the table per datagram: the few there are (the prober's round, once a
