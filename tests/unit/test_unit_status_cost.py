@@ -175,9 +175,10 @@ def _plain_next(ms: Membership) -> float:
 
 
 def _plain_due(ms: Membership, now: float) -> set[tuple[str, str]]:
-    return {("m", m.node_id) for m in ms.members.values() if now >= m.deadline()} | \
-        {("j", j.node_id) for j in ms.joiners.values()
-         if now - j.last_heard >= timing.JOINING_PEER_TIMEOUT}
+    dead = {m.node_id for m in ms.members.values() if now >= m.deadline()}
+    return {("m", n) for n in dead} | \
+        {("j", j.node_id) for j in ms.joiners.values()  # (a dead member's joining entry too)
+         if now - j.last_heard >= timing.JOINING_PEER_TIMEOUT or j.node_id in dead}
 
 
 def _everyone(ms: Membership) -> set[tuple[str, str]]:
@@ -185,7 +186,7 @@ def _everyone(ms: Membership) -> set[tuple[str, str]]:
     return {("m", n) for n in ms.members} | {("j", n) for n in ms.joiners}
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_deadlines_match_the_plain_rule(seed):
     """Random heartbeats, interval changes, probing, joiners getting roles, members re-joining,
@@ -270,3 +271,43 @@ def test_repeated_stamps_are_parsed_once_and_bad_ones_still_refused():
         for _ in range(2):  # a refusal is not remembered as a value
             with pytest.raises(protocol.ProtocolError):
                 protocol.parse_ts(bad)
+
+
+# --- peers.json: the same bytes, with the unchanged entries' text remembered ----------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.dictionaries(st.text(max_size=6), _json, max_size=5), max_size=6),
+       st.dictionaries(st.sampled_from(["self", "plan", "joiners", "discovery", "zz"]), _json),
+       st.integers(0, 5))
+def test_peers_json_text_is_what_json_dumps_writes(peers, rest, changed):
+    writer = state.JsonListWriter("peers")
+    first = {**rest, "peers": peers}
+    assert writer.text(first) == json.dumps(first, indent=2, sort_keys=True) + "\n"
+    # The next write: one entry changed, one gone, one new; the others' text is remembered.
+    later = [dict(p) for p in peers]
+    if later:
+        later[changed % len(later)]["last_seen"] = "2026-11-27T15:00:00Z"
+        later.pop(0)
+    later.append({"node_id": "new", "role": "runner"})
+    second = {**rest, "peers": later}
+    assert writer.text(second) == json.dumps(second, indent=2, sort_keys=True) + "\n"
+
+
+def test_the_agent_writes_peers_json_as_before(make_agent, config):
+    agent = _operating(make_agent, config)
+    _status_round(agent, 30, T0 + 0.5, 0.5)
+    node_id, hostname, ip = _peer(4)
+    deliver(agent, "STATUS", node_id, hostname, ip, T0 + 4, role="builder", state="active",
+            interval=10.0, capabilities=CAPS)
+    step(agent, agent.clock, T0 + 4)
+    text = config.peers_path.read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert len(json.loads(text)["peers"]) == 30
