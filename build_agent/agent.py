@@ -102,6 +102,7 @@ class Agent(Service):
         self._last_refute = float("-inf")
         self._probe_due = 0.0  # the prober's next deadline (nothing to do before it)
         self.peers_dirty = True
+        self._peers_writer = state.JsonListWriter("peers")  # (the unchanged entries' text kept)
         self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
         # The metrics file (metrics.py): on changes (at most every METRICS_MIN_GAP) and at
         # every heartbeat interval.
@@ -573,7 +574,7 @@ class Agent(Service):
         if self.desired_roles is None or self.identity is None:
             return float("inf")
         wake = self._update_plan(now)
-        moving = any(m.is_moving(now) for m in self.membership.members.values())
+        moving = self.membership.any_moving(now)
         step = self.healer.step(self.plan, now, moving)
         for line in step.lines:
             LOG.info("%s", line)
@@ -642,7 +643,7 @@ class Agent(Service):
             "updated_at": format_ts_seconds(wall),
         }
         try:
-            state.write_json_atomic(self.config.peers_path, data)
+            self._peers_writer.write(self.config.peers_path, data)
             self.peers_dirty = False
         except OSError as exc:
             LOG.error("Cannot write %s: %s", self.config.peers_path, exc)

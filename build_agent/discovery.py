@@ -131,6 +131,8 @@ class Discovery:
                  seeds: SeedResolver | None = None) -> None:
         self.methods = tuple(config.discovery)
         self.iface = iface
+        self._network = None  # iface.network, once asked (see _on_subnet)
+        self._subnet_cache: dict[str, bool] = {}
         self.port = config.port
         self.group = config.multicast_group if "multicast" in self.methods else None
         self.window = timing.GROUP_HEARD_INTERVALS * config.heartbeat_interval
@@ -178,9 +180,21 @@ class Discovery:
         """'broadcast' or 'multicast' when that reaches the node, else 'unicast'."""
         channel, when = self._group_heard.get(ip, (None, float("-inf")))
         if channel is not None and self._sends_by(channel) and now - when <= self.window \
-                and ipaddress.IPv4Address(ip) in self.iface.network:
+                and self._on_subnet(ip):
             return channel
         return "unicast"
+
+    def _on_subnet(self, ip: str) -> bool:
+        """Is ``ip`` on our interface's subnet?  Remembered per address (peers.json asks for
+        every member at every write; bounded)."""
+        known = self._subnet_cache.get(ip)
+        if known is None:
+            if len(self._subnet_cache) >= 4096:
+                self._subnet_cache.clear()
+            if self._network is None:
+                self._network = self.iface.network
+            known = self._subnet_cache[ip] = ipaddress.IPv4Address(ip) in self._network
+        return known
 
     # --- where messages for everyone go -----------------------------------------------------
     def _unicast_candidates(self, known: Iterable[str], now: float, hello: bool

@@ -8,6 +8,7 @@ peers.json and the advisor's view come from one piece of code.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -164,6 +165,17 @@ class Membership:
         # node_id -> (the ts of its goodbye, by its own clock, or None if it died; when it left).
         # Messages it sent before its goodbye are ignored; merge() does not bring it back.
         self.departed: dict[str, tuple[float | None, float]] = {}
+        # When each member or joiner expires, without a walk of all of them per datagram
+        # (the loop asks after every datagram): a heap of (deadline, key), key ("m"|"j",
+        # node id), and per key the deadline of its one valid entry, never later than the
+        # real one.  A heartbeat only moves a deadline later: nothing to do until the entry
+        # comes up; then it is pushed again at the real deadline (see _due).
+        self._heap: list[tuple[float, tuple[str, str]]] = []
+        self._queued: dict[tuple[str, str], float] = {}
+        # No departed entry is older than this (expire walks them only once one may be due).
+        self._departed_oldest = float("inf")
+        # No member can be moving once MOVE_TIMEOUT has passed since this (any_moving).
+        self._moving_since = float("-inf")
 
     # --- updates: each returns True when the set of members or a role changed -----------------
     def observe(self, message: Message, source_ip: str, now: float) -> bool:
@@ -236,6 +248,9 @@ class Membership:
         if state in ("active", "moving") and (state != member.state or state == "moving"):
             changed |= state != member.state
             member.state, member.state_at = state, now
+            if state == "moving":
+                self._moving_since = max(self._moving_since, now)
+        self._schedule(("m", member.node_id), member.deadline())
         return changed
 
     def _note_joiner(self, message: Message, source_ip: str, now: float) -> None:
@@ -248,6 +263,7 @@ class Membership:
         if joiner is None:
             joiner = Joiner(message.node_id, message.hostname, source_ip, since, now)
             self.joiners[message.node_id] = joiner
+            self._schedule(("j", message.node_id), now + timing.JOINING_PEER_TIMEOUT)
         else:
             joiner.last_heard = now
             if since_text:
@@ -273,6 +289,7 @@ class Membership:
 
     def remove(self, node_id: str, now: float, why: str, goodbye_ts: float | None = None) -> bool:
         self.departed[node_id] = (goodbye_ts, now)
+        self._departed_oldest = min(self._departed_oldest, now)
         self.joiners.pop(node_id, None)
         member = self.members.pop(node_id, None)
         if member is not None:
@@ -301,24 +318,92 @@ class Membership:
             member.incarnation = max(member.incarnation, incarnation)
 
     def expire(self, now: float) -> bool:
-        """Drop members that missed DEAD_AFTER_INTERVALS heartbeats and silent joiners."""
+        """Drop members that missed DEAD_AFTER_INTERVALS heartbeats and silent joiners.
+
+        Costs O(1) while nothing is due (the loop calls it after every datagram): only the
+        members and joiners whose deadline came are looked at (the heap, see _due)."""
         changed = False
-        for member in list(self.members.values()):
-            if now >= member.deadline():
-                changed |= self.remove(member.node_id, now,
-                                       f"is dead: no heartbeat for {now - member.last_seen:.1f}s")
-        for joiner in list(self.joiners.values()):
-            if now - joiner.last_heard >= timing.JOINING_PEER_TIMEOUT:
-                del self.joiners[joiner.node_id]
-        for node_id, (_, when) in list(self.departed.items()):
-            if now - when > timing.MAX_CLOCK_SKEW:
-                del self.departed[node_id]
+        spared = []  # a joiner a float's rounding keeps a moment longer (its test below)
+        while True:
+            due = self._due()
+            # (a microsecond early: the joiners' test is `now - last_heard >= timeout`)
+            if due is None or now < due[0] - 1e-6:
+                break
+            heapq.heappop(self._heap)
+            kind, node_id = key = due[1]
+            del self._queued[key]
+            if kind == "m":
+                member = self.members[node_id]
+                if now >= member.deadline():
+                    changed |= self.remove(
+                        node_id, now, f"is dead: no heartbeat for {now - member.last_seen:.1f}s")
+                    continue
+            elif now - self.joiners[node_id].last_heard >= timing.JOINING_PEER_TIMEOUT:
+                del self.joiners[node_id]
+                continue
+            spared.append((due[0], key))
+        for deadline, key in spared:
+            self._schedule(key, deadline)
+        if now - self._departed_oldest > timing.MAX_CLOCK_SKEW:
+            oldest = float("inf")
+            for node_id, (_, when) in list(self.departed.items()):
+                if now - when > timing.MAX_CLOCK_SKEW:
+                    del self.departed[node_id]
+                else:
+                    oldest = min(oldest, when)
+            self._departed_oldest = oldest
         return changed
 
     def next_deadline(self) -> float:
-        deadlines = [m.deadline() for m in self.members.values()]
-        deadlines += [j.last_heard + timing.JOINING_PEER_TIMEOUT for j in self.joiners.values()]
-        return min(deadlines, default=float("inf"))
+        """The earliest deadline of a member (its heartbeat rule) or a joiner (its silence)."""
+        due = self._due()
+        return due[0] if due is not None else float("inf")
+
+    def any_moving(self, now: float) -> bool:
+        """Is a member moving (Member.is_moving)?  No walk once every move announced is over
+        (MOVE_TIMEOUT since the last): the healer asks at every tick."""
+        if now - self._moving_since >= timing.MOVE_TIMEOUT:
+            return False
+        return any(m.is_moving(now) for m in self.members.values())
+
+    # --- deadlines (a heap with lazy updates) -------------------------------------------------
+    def _deadline_of(self, key: tuple[str, str]) -> float | None:
+        kind, node_id = key
+        if kind == "m":
+            member = self.members.get(node_id)
+            return member.deadline() if member is not None else None
+        joiner = self.joiners.get(node_id)
+        return joiner.last_heard + timing.JOINING_PEER_TIMEOUT if joiner is not None else None
+
+    def _schedule(self, key: tuple[str, str], deadline: float) -> None:
+        """After a change that may bring ``key``'s deadline earlier (a new member or joiner,
+        a shorter interval): O(1) unless it did.  A later deadline needs nothing here."""
+        if deadline < self._queued.get(key, float("inf")):
+            self._queued[key] = deadline
+            heapq.heappush(self._heap, (deadline, key))
+
+    def _due(self) -> tuple[float, tuple[str, str]] | None:
+        """The heap's first valid entry, at its real deadline: (deadline, key), or None.
+
+        An entry is valid if it is its key's queued one and the member or joiner is still
+        there; a deadline that moved later (heartbeats) is pushed again where it now is, so
+        each member costs one push per time it comes up, not one per heartbeat."""
+        heap, queued = self._heap, self._queued
+        while heap:
+            deadline, key = heap[0]
+            if queued.get(key) != deadline:
+                heapq.heappop(heap)  # replaced by an earlier entry of the same key
+                continue
+            real = self._deadline_of(key)
+            if real is None:
+                heapq.heappop(heap)  # gone (left, died, got its role, ...)
+                del queued[key]
+            elif real != deadline:
+                queued[key] = real
+                heapq.heapreplace(heap, (real, key))
+            else:
+                return deadline, key
+        return None
 
     def merge(self, entries: Iterable[dict], now: float, wall_now: float | None = None) -> bool:
         """Add members another view knows (the agent's peers.json) that this one lacks.
@@ -346,6 +431,7 @@ class Membership:
                             role, now - age, float(interval), capabilities)
             if member.deadline() > now:
                 self.members[node_id] = member
+                self._schedule(("m", node_id), member.deadline())
                 changed = True
         return changed
 

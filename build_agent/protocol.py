@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import functools
 import ipaddress
 import json
 import re
@@ -441,7 +442,17 @@ def format_ts_seconds(now: float) -> str:
 
 def parse_ts(value: Any) -> float:
     """UTC ISO 8601 with 'Z' -> seconds since the epoch."""
-    if not isinstance(value, str) or not TS_RE.match(value):
+    if not isinstance(value, str):
+        raise ProtocolError("bad field: ts")
+    return _parse_ts(value)
+
+
+# A member's STATUS repeats the same stamps (joined_at, role_since, started) at every
+# heartbeat, and a message's ts is parsed by the replay guard then by decode(): remembered,
+# they are parsed once (bounded: TS_CACHE entries; a failure is not remembered).
+@functools.lru_cache(maxsize=timing.TS_CACHE)
+def _parse_ts(value: str) -> float:
+    if not TS_RE.match(value):
         raise ProtocolError("bad field: ts")
     try:
         moment = _dt.datetime.fromisoformat(value[:-1]).replace(tzinfo=_dt.timezone.utc)

@@ -53,6 +53,48 @@ def write_json_atomic(path: Path | str, data: Any, mode: int = 0o644) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
 
+class JsonListWriter:
+    """Writes a dict exactly as write_json_atomic does, remembering the text of the items of
+    one list in it between writes: peers.json lists every member, and is rewritten after each
+    change of the hive while most entries stay the same (Python's indented json encoder is
+    slow: most of a large peers.json's cost).  Only the last write's items are remembered."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._texts: dict[str, str] = {}  # an item's compact JSON -> its indented text
+
+    def text(self, data: dict) -> str:
+        """json.dumps(data, indent=2, sort_keys=True) + "\n", byte for byte."""
+        texts: dict[str, str] = {}
+        parts = []
+        for name in sorted(data):
+            value = data[name]
+            if name == self.key and isinstance(value, list) and value:
+                items = []
+                for item in value:
+                    compact = json.dumps(item, sort_keys=True)
+                    known = self._texts.get(compact)
+                    if known is None:
+                        known = _nested(item, 2)
+                    texts[compact] = known
+                    items.append("    " + known)
+                body = "[\n" + ",\n".join(items) + "\n  ]"
+            else:
+                body = _nested(value, 1)
+            parts.append(f"  {json.dumps(name)}: {body}")
+        self._texts = texts
+        return "{\n" + ",\n".join(parts) + "\n}\n" if parts else "{}\n"
+
+    def write(self, path: Path | str, data: dict, mode: int = 0o644) -> None:
+        write_text_atomic(path, self.text(data), mode)
+
+
+def _nested(value: Any, level: int) -> str:
+    """json.dumps(value, indent=2, sort_keys=True) as it reads ``level`` levels deep (no
+    string in JSON holds a raw line break, so indenting each line after the first is exact)."""
+    return json.dumps(value, indent=2, sort_keys=True).replace("\n", "\n" + "  " * level)
+
+
 def read_json(path: Path | str) -> Any:
     """The parsed file, or None if it does not exist; ValueError if it is not valid JSON."""
     try:

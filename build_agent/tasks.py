@@ -473,8 +473,9 @@ class Controller:
         deadline = float("inf")
         if is_controller:
             self._role_note = ""
-            self._dispatch([w for w in (worker_info(m) for m in members.values())
-                            if w is not None], now)
+            if self.queue_depth():  # (the workers: a walk of the hive, only when needed)
+                self._dispatch([w for w in (worker_info(m) for m in members.values())
+                                if w is not None], now)
             busy = [t for t in self.busy_until.values() if t > now]
             if busy and self.queue_depth():
                 deadline = min(busy)

@@ -9,6 +9,10 @@ REPLAY_GUARD_SENDERS = 16384
 # ... and the digests of this many datagrams accepted last, so an exact copy (a replay) is
 # dropped before it is parsed (a 200-node hive sends about 20 STATUS a second: minutes).
 REPLAY_GUARD_RECENT = 4096
+# Parsed time stamps remembered (protocol.parse_ts): a member's STATUS repeats three of them
+# at every heartbeat (joined_at, role_since, started); 200 members and a heartbeat interval
+# of new message stamps fit.  About 100 bytes each.
+TS_CACHE = 2048
 
 # Discovery: HELLO is broadcast at these offsets from the start of discovery.
 HELLO_SCHEDULE = (0.0, 0.25, 0.75)
