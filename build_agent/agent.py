@@ -38,7 +38,7 @@ from .discovery import Discovery, welcome_addresses
 from .healing import Healer
 from .lifecycle import Lifecycle, Phase, Send, Settle
 from .offloop import OffLoop
-from .membership import Membership, view_entry
+from .membership import Membership, join_order_key, view_entry
 from .netif import Interface
 from .protocol import MAGIC, Message, format_ts, format_ts_seconds, make_payload, parse_ts
 
@@ -46,6 +46,8 @@ LOG = logging.getLogger(__name__)
 
 
 PROBE_KINDS = ("PING", "PINGREQ", "PONG", "SUSPECT", "DEAD")
+# What a member at rest may handle without a tick (see handle): routine STATUS, probes answered.
+QUIET_KINDS = ("STATUS", "PING", "PONG")
 
 
 def _ip_value(address: str) -> int:
@@ -95,6 +97,8 @@ class Agent(Service):
         self.life = Lifecycle(node_id, self.membership, clock, self.capabilities,
                               guard=self._role_guard())
         self.next_heartbeat = 0.0
+        self._last_status = float("-inf")  # steady time of our last STATUS (see _status_due)
+        self._last_summary: tuple | None = None
         # Failure detection (probe.py): this node probes its ring successor, helps others probe,
         # and refutes a suspicion of itself with a STATUS carrying a new incarnation.
         self.prober = probe.Prober(node_id, config.probe_interval)
@@ -142,9 +146,8 @@ class Agent(Service):
         self._start_discovery()
         self.life.start(now, self.role)
         if self.identity is not None:
-            self._broadcast("HELLO", role=self.identity["role"], capabilities=self.capabilities,
-                            interval=self.config.heartbeat_interval)
-            self.next_heartbeat = now
+            self._broadcast("HELLO", role=self.identity["role"], capabilities=self.capabilities)
+            self._status_at_once(now)
             if self.identity.get("provisioned") is not True:
                 self.provisioner.request(self.identity.get("packages") or [], now)
         else:
@@ -169,6 +172,7 @@ class Agent(Service):
     # --- sending ----------------------------------------------------------------------------
     def _payload(self, kind: str, **fields) -> dict:
         if kind in ("HELLO", "WELCOME", "STATUS"):
+            fields["interval"] = self.status_interval  # how often the hive hears our STATUS
             fields["started"] = self.started_text  # settles who keeps a node id two nodes share
             if self.prober.enabled:  # we answer PINGs: probe us (see probe.py)
                 fields["probe"] = self.config.probe_interval
@@ -201,8 +205,7 @@ class Agent(Service):
         if not addresses:
             return
         if self.identity is not None:
-            fields = dict(role=self.role, capabilities=self.capabilities,
-                          interval=self.config.heartbeat_interval)
+            fields = dict(role=self.role, capabilities=self.capabilities)
         else:
             fields = dict(candidate_ip=None, joining_since=self.life.joining_since_text(),
                           capabilities=self.capabilities)
@@ -248,12 +251,39 @@ class Agent(Service):
             return member is not None and role in (None, member.role)
         return RoleGuard(registry, self._etcd_record, in_view, self._hello_to)
 
+    @property
+    def status_interval(self) -> float:
+        """How often this node's routine STATUS goes out (the ``interval`` it states; others
+        judge its silence by it): every heartbeat interval, or every STATUS_INTERVALS_PROBED of
+        them while it takes part in probing (probes, not heartbeats, notice its death then)."""
+        if self.prober.enabled:
+            return self.config.heartbeat_interval * timing.STATUS_INTERVALS_PROBED
+        return self.config.heartbeat_interval
+
+    def _status_at_once(self, now: float) -> None:
+        """A STATUS at the tick at ``now``, whatever status_interval says."""
+        self.next_heartbeat, self._last_status = now, float("-inf")
+
+    def _status_due(self, now: float) -> bool:
+        """At a heartbeat: whether to broadcast STATUS.  Yes once status_interval has passed
+        since the last one, or when what others act on changed (capacity, health, the queue,
+        capabilities: tasks and policies); a change of load alone waits for the routine one."""
+        if now >= self._last_status + self.status_interval - self.config.heartbeat_interval / 2:
+            return True
+        return self._status_summary() != self._last_summary
+
+    def _status_summary(self) -> tuple:
+        queue = self.tasks.queue_depth() if self.tasks.controller is not None else None
+        return (self.role, self._capacity(), self._health(), queue, self.capabilities)
+
     def _heartbeat(self, state_name: str = "active") -> None:
+        self._last_status, self._last_summary = self.now, self._status_summary()
         queue = {"queue": self.tasks.queue_depth()} if self.tasks.controller is not None else {}
+        # A joiner says since when it joins: who hears it only so learns its place in the order.
+        since = {"joining_since": self.life.joining_since_text()} if self.identity is None else {}
         self._broadcast("STATUS", role=self.role, state=state_name, load=self._load(),
                         capacity=self._capacity(), health=self._health(),
-                        interval=self.config.heartbeat_interval, capabilities=self.capabilities,
-                        **queue)
+                        capabilities=self.capabilities, **queue, **since)
 
     # --- incoming ---------------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
@@ -264,20 +294,29 @@ class Agent(Service):
             self._relay(message, relay)
         before = self.membership.members.get(message.node_id)
         before_role = before.role if before is not None else None
-        if self.membership.observe(message, source_ip, now):
+        settled = before.settled() if before is not None else None
+        changed = self.membership.observe(message, source_ip, now)
+        if changed:
             self.peers_dirty = self._plan_dirty = True
             self._count_member(message.node_id, before_role)
+        # A member at rest hearing a known member's routine STATUS or a probe it answers at
+        # once: nothing for the tick to do before its next deadline (at most a probe interval
+        # away), so none is run for it (the loop's cost per datagram at 200 members).
+        self.quiet = (not changed and message.kind in QUIET_KINDS and before is not None
+                      and self.life.phase is Phase.OPERATE and before.settled() == settled)
         if message.kind == "IDENTIFY":
             self.peers_dirty = True  # the advisor waits for peers.json to show it (requests)
         self.prober.heard(message.node_id, now)  # every message is a sign of life
         if message.kind in PROBE_KINDS:
             self._handle_probe(message, source_ip, now)
         elif message.kind == "HELLO":
+            if not self._welcomes(message, now):
+                return
             members = len(self.membership.established()) + (1 if self.identity else 0)
             addresses = self.discovery.welcome_list(self._known_ips(), source_ip, now)
             self._reply("WELCOME", source_ip, to=message.node_id, role=self.role, members=members,
                         joining_since=None if self.identity else self.life.joining_since_text(),
-                        capabilities=self.capabilities, interval=self.config.heartbeat_interval,
+                        capabilities=self.capabilities,
                         **({"addresses": addresses} if addresses is not None else {}))
         elif message.kind in ("TASK", "RESULT", "ACK", "CANCEL", "LOGS", "LOGDATA"):
             self._send_all(self.tasks.handle(message, source_ip, self.membership.members,
@@ -287,6 +326,25 @@ class Agent(Service):
                 new = self.discovery.learn(welcome_addresses(message), now, self._known_ips())
                 self._hello_to([(ip, self.config.port) for ip in new])
             self.life.on_message(message)
+
+    def _welcomes(self, message: Message, now: float) -> bool:
+        """Whether to answer a HELLO.  A member always does.  A node still joining answers only
+        what the newcomer needs from it: that it is ahead in the join order (the newcomer must
+        wait for it), once per join of the newcomer, unless the HELLO came by unicast (the
+        newcomer may hear nobody's broadcasts).  Its keep-alive STATUS, which says when it
+        began to join, tells the rest within JOINING_KEEPALIVE.  (100 nodes started together
+        would otherwise answer each other's three HELLOs: 30,000 WELCOMEs.)"""
+        if self.identity is not None or self.discovery.channel == "unicast":
+            return True
+        newcomer = self.membership.joiners.get(message.node_id)
+        since = self.life.joining_since
+        if newcomer is None or since is None:
+            return True
+        if newcomer.welcomed == newcomer.joining_since \
+                or join_order_key(since, self.node_id) > newcomer.key:
+            return False
+        newcomer.welcomed = newcomer.joining_since
+        return True
 
     # --- failure detection (probe.py) ----------------------------------------------------------
     def _handle_probe(self, message: Message, source_ip: str, now: float) -> None:
@@ -332,7 +390,7 @@ class Agent(Service):
             return
         self._last_refute = now
         self.incarnation = self.prober.incarnation = format_ts(self.stamp())
-        self.next_heartbeat = now  # the STATUS goes out at this tick
+        self._status_at_once(now)  # the STATUS goes out at this tick
         LOG.info("%s says this node is %s: telling the hive it is alive", message.hostname,
                  "suspected" if message.kind == "SUSPECT" else "dead")
 
@@ -387,9 +445,8 @@ class Agent(Service):
                     self.node_id)
         if self.identity is not None:
             self._update_identity(node_id=self.node_id)
-            self._broadcast("HELLO", role=self.identity["role"], capabilities=self.capabilities,
-                            interval=self.config.heartbeat_interval)
-            self.next_heartbeat = float("-inf")  # and a heartbeat at the next tick
+            self._broadcast("HELLO", role=self.identity["role"], capabilities=self.capabilities)
+            self._status_at_once(float("-inf"))  # and a heartbeat at the next tick
         else:
             self.life.restart()  # the hive knew our joining under the old id: start over
         self.peers_dirty = True
@@ -408,7 +465,8 @@ class Agent(Service):
                 deadlines.append(self._tick_heal(now))
                 deadlines.append(self._tick_life(now))  # a move may have begun
             if now >= self.next_heartbeat:
-                self._heartbeat(self.life.status_state)
+                if self._status_due(now):
+                    self._heartbeat(self.life.status_state)
                 self.next_heartbeat = now + self.config.heartbeat_interval
                 self.peers_dirty = True  # refresh last_seen once per interval
                 self._hello_to(self.discovery.seeds_due(
@@ -484,7 +542,7 @@ class Agent(Service):
         self.identity = identity
         self._identity_removed = False
         self._plan_dirty = self.peers_dirty = True
-        self.next_heartbeat = now  # announce the new role at once: waiting joiners go next
+        self._status_at_once(now)  # announce the new role at once: waiting joiners go next
         self.provisioner.request(identity["packages"], now)
 
     # --- healing ----------------------------------------------------------------------------

@@ -126,6 +126,9 @@ class Service:
         self.ignored = 0  # datagrams of a kind this service does not use (wanted_kinds)
         self.stopping = False
         self.reload_requested = False
+        # Set by handle(): the message changed nothing the tick looks at before its next
+        # deadline (a member's routine STATUS, a probe answered at once): no tick for it.
+        self.quiet = False
         # More to wait for than the hive's sockets (a local control socket, child processes):
         # file object -> (selector events, callback(events)); see watch().
         self.watches: dict = {}
@@ -297,8 +300,8 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
                         LOG.exception("Error while handling a local event")
                     busy = True
                     continue
-                read, rejected, ignored = _drain(service, key.data)
-                if rejected + ignored < read or not read:
+                read, rejected, ignored, quiet = _drain(service, key.data)
+                if rejected + ignored + quiet < read or not read:
                     busy = True
                 elif rejected:
                     flooded = True
@@ -317,12 +320,12 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
     return 0
 
 
-def _drain(service: Service, sock: socket.socket) -> tuple[int, int, int]:
+def _drain(service: Service, sock: socket.socket) -> tuple[int, int, int, int]:
     """Read up to max_batch datagrams from a ready socket: (how many, how many were rejected,
-    how many ignored).  When every one was rejected or ignored, nothing changed for the
-    service."""
+    how many ignored, how many were handled quietly).  When every one was one of those, nothing
+    changed for the service's tick."""
     rejected, ignored = service.rejects.total, service.ignored
-    count = 0
+    count = quiet = 0
     for _ in range(service.max_batch):
         try:
             data, source = sock.recvfrom(protocol.MAX_DATAGRAM + 1)
@@ -335,11 +338,14 @@ def _drain(service: Service, sock: socket.socket) -> tuple[int, int, int]:
         message = service.receive(data, source, service.clock())
         if message is None:
             continue
+        service.quiet = False
         try:
             service.handle(message, source[0], service.steady())
         except Exception:  # a bug must not let one datagram stop the daemon
             LOG.exception("Error while handling %s from %s", message.kind, source[0])
-    return count, service.rejects.total - rejected, service.ignored - ignored
+            service.quiet = False
+        quiet += service.quiet
+    return count, service.rejects.total - rejected, service.ignored - ignored, quiet
 
 
 # build(config, secrets, interface) -> (service, its bound sockets)

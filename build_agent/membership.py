@@ -51,6 +51,12 @@ class Member:
             else timing.DEAD_AFTER_INTERVALS
         return self.last_seen + intervals * self.interval
 
+    def settled(self) -> tuple:
+        """What the agent reacts to (healing, tasks, probes): a message that leaves this unchanged
+        (a member's routine STATUS: its load and last_seen aside) needs no tick of its own."""
+        return (self.ip, self.role, self.state, self.capacity, self.health, self.queue,
+                self.probe, self.interval, self.rebalance, self.capabilities)
+
     def is_moving(self, now: float) -> bool:
         """Announced a move that is not over, and not gone quiet about it (MOVE_TIMEOUT)."""
         return self.state == "moving" and now - self.state_at < timing.MOVE_TIMEOUT
@@ -133,6 +139,7 @@ class Joiner:
     request_id: str | None = None  # of its last IDENTIFY
     backing_off: bool = False  # nobody could advise it: it pauses and holds nobody's turn
     capabilities: dict = field(default_factory=dict)  # as it said (advisors of a batch need it)
+    welcomed: float | None = None  # the joining_since we answered its HELLO for (agent)
 
     @property
     def key(self) -> tuple[float, str]:

@@ -173,7 +173,7 @@ def test_a_slow_desired_roles_never_holds_the_agents_loop(make_agent, config, cl
     agent = _runner_in_a_hive_without_controller(make_agent, config, clock, caplog)
     agent.desired_roles = OffLoop(slow, timing.POLICY_TIMEOUT)
     started = real_time.monotonic()
-    run_until(agent, clock, T0 + 3)
+    run_until(agent, clock, T0 + 3 * agent.status_interval)  # three routine STATUS
     assert real_time.monotonic() - started < 2  # the loop never waited for the policy
     assert agent.plan is None and agent.phase == "operate"
     assert "The policy's desired roles take more than 1s; keeping the last plan" in caplog.text
