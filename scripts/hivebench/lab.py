@@ -147,6 +147,7 @@ class Lab:
         self.env.pop("HIVE_LAB_POLICY", None)
         self.broadcast = f"{subnet}.255"
         self.serf_starts = 0
+        self.compiled = False
 
     # --- the lab itself ------------------------------------------------------------------------
     def _hive_lab(self, *args: str, timeout: float = 120) -> str:
@@ -206,6 +207,10 @@ class Lab:
     def start_ours(self, host: Host, only: str | None = None) -> float | None:
         """Start build-advisor then build-agent on host (or only one of them); returns the
         agent's start time."""
+        if not self.compiled:  # compiled code, as on an installed node (see hive-lab)
+            subprocess.run([self.python, "-m", "compileall", "-q", str(REPO / "build_agent"),
+                            str(REPO / "build_advisor")], check=True, stdout=subprocess.DEVNULL)
+            self.compiled = True
         for what, module in (("advisor", "build_advisor"), ("agent", "build_agent")):
             if host.running(what) or (only is not None and what != only):
                 continue

@@ -66,7 +66,7 @@ def main() -> None:
         return predicate()
 
     try:
-        lab.up(base)
+        lab.up(base)  # (hive-lab compiles the code: the agents spawned below run it compiled)
         new = lab.add(joiners)
         for i in new:
             spawn(i, "build_advisor", "advisor")
