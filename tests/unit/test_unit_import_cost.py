@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from build_agent import capabilities
+from build_agent import capabilities, daemon
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,13 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 # or a file tree is copied/removed (shutil, and with it bz2, lzma); platform was replaced by
 # os.uname().  None of them is needed by a daemon that is only keeping the hive.
 NOT_AT_REST = ("subprocess", "shutil", "bz2", "lzma", "platform", "locale")
+# What argparse loads for a parser (gettext, locale; shutil for the help's width): the daemons'
+# --config FILE is read without it.
+NOT_AFTER_OPTIONS = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma")
 
 
-def modules_imported_by(module: str) -> set[str]:
-    """The modules importing MODULE (what `python3 -m MODULE` runs first) adds, in a fresh
-    interpreter without site (so only what our code imports counts)."""
+def modules_imported_by(module: str, then: str = "pass") -> set[str]:
+    """The modules importing MODULE (what `python3 -m MODULE` runs first), then running THEN,
+    adds, in a fresh interpreter without site (so only what our code imports counts)."""
     code = ("import json, sys; before = set(sys.modules); sys.path.insert(0, sys.argv[1]); "
-            f"import {module}; print(json.dumps(sorted(set(sys.modules) - before)))")
+            f"import {module}; {then}; print(json.dumps(sorted(set(sys.modules) - before)))")
     result = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(REPO)],
                             capture_output=True, text=True, timeout=60, check=True)
     return set(json.loads(result.stdout))
@@ -40,6 +43,54 @@ def test_a_daemon_at_rest_has_not_imported_what_only_running_something_needs(dae
     imported = modules_imported_by(daemon)
     assert daemon in imported  # the import did happen
     assert sorted(imported & set(NOT_AT_REST)) == []
+
+
+@pytest.mark.parametrize("argv", [[], ["--config", "/etc/build/hive.toml"],
+                                  ["--config=/etc/build/hive.toml"]])
+def test_the_daemons_config_option_is_read_without_argparse(argv):
+    expected = argv[-1].removeprefix("--config=") if argv else None
+    then = f"assert build_agent.daemon._config_option('build-agent', 'doc', {argv!r}) == {expected!r}"
+    imported = modules_imported_by("build_agent.daemon", then)
+    assert sorted(imported & set(NOT_AFTER_OPTIONS)) == []
+
+
+def argparse_answer(argv: list[str]):
+    """What the daemons' argparse parser made of argv before: the --config value, or the exit
+    code and output of --help or an error."""
+    import argparse
+    import contextlib
+    import io
+    parser = argparse.ArgumentParser(prog="build-agent", description="doc")
+    parser.add_argument("--config", default=None,
+                        help="hive.toml (default /etc/build/hive.toml; missing means defaults)")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            return parser.parse_args(argv).config
+        except SystemExit as exc:
+            return ("exit", exc.code, out.getvalue(), err.getvalue())
+
+
+def our_answer(argv: list[str]):
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            return daemon._config_option("build-agent", "doc", argv)
+        except SystemExit as exc:
+            return ("exit", exc.code, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--config", "/etc/build/hive.toml"], ["--config=/etc/build/hive.toml"], ["--config", "a b"],
+    ["--config", "-x"], ["--config=-x"], ["--config="], ["--config"], ["--config", ""],
+    ["--conf", "f"], ["--config", "a", "--config", "b"], ["--help"], ["-h"], ["f"], ["--other"],
+    ["--config", "f", "extra"], ["--config=a", "--config=b"], ["--", "--config"],
+])
+def test_the_config_option_means_what_argparse_made_of_it(argv, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert our_answer(argv) == argparse_answer(argv)
 
 
 def test_on_path_answers_as_shutil_which(tmp_path, monkeypatch):
