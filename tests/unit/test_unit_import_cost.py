@@ -49,7 +49,8 @@ def test_a_daemon_at_rest_has_not_imported_what_only_running_something_needs(dae
                                   ["--config=/etc/build/hive.toml"]])
 def test_the_daemons_config_option_is_read_without_argparse(argv):
     expected = argv[-1].removeprefix("--config=") if argv else None
-    then = f"assert build_agent.daemon._config_option('build-agent', 'doc', {argv!r}) == {expected!r}"
+    then = (f"assert build_agent.daemon._config_option('build-agent', 'doc', {argv!r})"
+            f" == {expected!r}")
     imported = modules_imported_by("build_agent.daemon", then)
     assert sorted(imported & set(NOT_AFTER_OPTIONS)) == []
 
@@ -83,7 +84,8 @@ def our_answer(argv: list[str]):
 
 
 @pytest.mark.parametrize("argv", [
-    [], ["--config", "/etc/build/hive.toml"], ["--config=/etc/build/hive.toml"], ["--config", "a b"],
+    [], ["--config", "/etc/build/hive.toml"], ["--config=/etc/build/hive.toml"],
+    ["--config", "a b"],
     ["--config", "-x"], ["--config=-x"], ["--config="], ["--config"], ["--config", ""],
     ["--conf", "f"], ["--config", "a", "--config", "b"], ["--help"], ["-h"], ["f"], ["--other"],
     ["--config", "f", "extra"], ["--config=a", "--config=b"], ["--", "--config"],
