@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
-import shutil
 
 # What counts as a GPU (has_gpu): a PCI device of NVIDIA or AMD/ATI whose class is a display
 # controller (VGA 0x0300, 3D 0x0302, other 0x0380) or a processing accelerator (0x1200, e.g.
@@ -35,7 +33,7 @@ def _os_name() -> str:
                     return line.split("=", 1)[1].strip().strip('"')[:64]
     except OSError:
         pass
-    return platform.system()
+    return os.uname().sysname  # what platform.system() answers on Linux
 
 
 def _read_hex(path: str) -> int | None:
@@ -62,12 +60,22 @@ def gpus(sysfs: str = "/sys") -> list[str]:
     return found
 
 
+def on_path(name: str) -> bool:
+    """shutil.which(name) is not None, without importing shutil (and with it bz2, lzma) into a
+    daemon at rest: an executable file of that name in a directory of $PATH."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return True
+    return False
+
+
 def detect(sysfs: str = "/sys") -> dict:
     return {
         "cpu_cores": os.cpu_count() or 1,
         "ram_gb": _ram_gb(),
         "has_gpu": bool(gpus(sysfs)),
-        "arch": platform.machine()[:32],
+        "arch": os.uname().machine[:32],
         "os": _os_name(),
-        "docker_installed": shutil.which("docker") is not None,
+        "docker_installed": on_path("docker"),
     }

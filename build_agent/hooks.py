@@ -41,7 +41,6 @@ import os
 import re
 import signal
 import stat
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -208,6 +207,7 @@ def _signal_name(number: int) -> str:
 def run_hook(path: str, env: dict, timeout: float) -> tuple[Result, str]:
     """Run one hook; its exit status (or "timeout", "killed by signal X", "cannot run: ...")
     and the end of its output.  At the timeout the hook and its process group are killed."""
+    import subprocess  # lazy: a daemon at rest runs no hook
     out = _output_file()
     try:
         try:

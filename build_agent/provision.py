@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -78,11 +77,12 @@ UNIT_SANDBOX = (
 )
 ACTIVE_STATES = ("active", "activating", "deactivating", "reloading", "refreshing")
 
-Runner = Callable[..., subprocess.CompletedProcess]
+Runner = Callable[..., "subprocess.CompletedProcess"]  # subprocess: imported where it runs
 
 
 def _run(argv: Sequence[str], timeout: float = timing.APT_COMMAND_TIMEOUT
          ) -> subprocess.CompletedProcess:
+    import subprocess  # lazy: a daemon at rest installs nothing
     env = child_environ()
     env.update(APT_ENV)
     return subprocess.run(list(argv), env=env, stdin=subprocess.DEVNULL, capture_output=True,
@@ -170,6 +170,7 @@ def unknown_packages(packages: Sequence[str], run: Runner = _run) -> list[str] |
 def install(packages: Sequence[str], run: Runner = _run, sleep: Callable[[float], None] = time.sleep,
             updates_dir: str = DPKG_UPDATES) -> str | None:
     """Install the packages here; return None on success or one line saying what failed."""
+    import subprocess  # lazy: a daemon at rest installs nothing
     try:
         command = install_command(packages)
     except ValueError as exc:
@@ -264,6 +265,7 @@ class UnitInstaller:
         return None
 
     def __call__(self, packages: Sequence[str]) -> str | None:
+        import subprocess  # lazy: a daemon at rest installs nothing
         try:
             install_command(packages)
         except ValueError as exc:

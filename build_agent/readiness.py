@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 from typing import Callable
 
 from . import state, timing
@@ -109,6 +107,8 @@ def pid_is_agent(pid) -> bool:
 
 def unit_state() -> str | None:
     """`systemctl is-active build-agent` where systemd runs, else None."""
+    import shutil  # lazy (both): only `hive` commands ask, never a daemon
+    import subprocess
     if not os.path.isdir("/run/systemd/system") or shutil.which("systemctl") is None:
         return None
     try:

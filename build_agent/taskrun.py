@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -206,6 +205,7 @@ class ChildRunner:
             argv += ["--repo", run.repo]
         env = _clean_env(run, str(workdir))
         env.update(PYTHONPATH=CODE_DIR, PYTHONDONTWRITEBYTECODE="1")
+        import subprocess  # lazy: a daemon at rest starts no process
         try:
             proc = subprocess.Popen(argv + ["--", *run.argv], stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=out, env=env, start_new_session=True,
@@ -306,11 +306,11 @@ class UnitRunner:
 
     def __init__(self, hide: list[str], memory: int, watch: Callable | None = None,
                  unwatch: Callable | None = None,
-                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+                 run: Callable[..., subprocess.CompletedProcess] | None = None) -> None:
         self.hide = hide
         self.memory = memory
         self.watch, self.unwatch = watch, unwatch
-        self._run = run
+        self._run = run  # None: subprocess.run (see abandon)
         self._stoppers: list[subprocess.Popen] = []
 
     @staticmethod
@@ -352,6 +352,7 @@ class UnitRunner:
                      | os.O_NOFOLLOW, 0o600)
         os.close(fd)  # exists, root's, 0600, before systemd appends to it
         env = child_environ()
+        import subprocess  # lazy: a daemon at rest starts no process
         try:
             proc = subprocess.Popen(self.command(run, output_path), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, env=env, close_fds=True)
@@ -388,6 +389,7 @@ class UnitRunner:
         return min(due, now + timing.TASK_POLL) if handle.pidfd is None else due
 
     def _stop(self, unit: str) -> None:
+        import subprocess  # lazy: a daemon at rest starts no process
         try:
             self._stoppers.append(subprocess.Popen(
                 ["systemctl", "stop", "--no-block", unit], stdin=subprocess.DEVNULL,
@@ -404,8 +406,10 @@ class UnitRunner:
         gives even when the agent died before recording it)."""
         unit = record.get("unit") or (f"hive-task-{key}.service" if key else None)
         if isinstance(unit, str) and unit.startswith("hive-task-") and unit.endswith(".service"):
-            self._run(["systemctl", "stop", "--no-block", unit], capture_output=True,
-                      timeout=timing.SYSTEMCTL_TIMEOUT, check=False)
+            import subprocess  # lazy: a daemon at rest starts no process
+            (self._run or subprocess.run)(["systemctl", "stop", "--no-block", unit],
+                                          capture_output=True, timeout=timing.SYSTEMCTL_TIMEOUT,
+                                          check=False)
             LOG.info("Stopping %s, left running from before the restart", unit)
 
 
@@ -510,6 +514,7 @@ def _die_with_parent(libc, parent: int) -> None:
 def _tee(argv: list[str], env: dict) -> int:
     """Run the command with its output copied to our stdout (the kept file) and stderr (the
     journal); exit as it did (a signal that killed it kills us the same way)."""
+    import subprocess  # imported by main already, before it dropped root
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, env=env)
@@ -545,6 +550,7 @@ def _tee(argv: list[str], env: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import resource
+    import subprocess  # (git clone, --tee) here: before dropping root, as for ctypes below
 
     parser = argparse.ArgumentParser(prog="python3 -m build_agent.taskrun",
                                      description="A Build Hive task's first process (build-agent "

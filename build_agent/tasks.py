@@ -35,13 +35,13 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import protocol, state, timing
+from .capabilities import on_path
 from .config import Config, TasksConfig
 from .protocol import Message, TASK_ID_RE, format_ts_seconds, is_valid_role
 
@@ -779,7 +779,7 @@ class Worker:
 
     def __init__(self, cfg: TasksConfig, directory: Path | str, runner, hostname: str,
                  clock: Callable[[], float] = time.time, slots: int | None = None,
-                 has_git: Callable[[], bool] = lambda: shutil.which("git") is not None) -> None:
+                 has_git: Callable[[], bool] = lambda: on_path("git")) -> None:
         self.cfg = cfg
         self.dir = Path(directory)
         self.runs_dir = self.dir / "runs"

@@ -248,7 +248,7 @@ def test_default_runner_uses_no_shell_and_a_noninteractive_environment(monkeypat
     def fake_run(argv, **kwargs):
         seen["argv"], seen["kwargs"] = argv, kwargs
         return subprocess.CompletedProcess(argv, 0, "", "")
-    monkeypatch.setattr(provision.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)  # provision imports it where it runs
     monkeypatch.setenv("DEBIAN_FRONTEND", "dialog")
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
     monkeypatch.setenv("WATCHDOG_USEC", "60000000")
