@@ -308,7 +308,7 @@ def test_a_crashed_member_is_dropped_by_every_member_in_seconds(tmp_path, clock)
     gone = hive.run(clock.now + 30, stop=lambda: listed(hive, "build4") == [])
     took = gone - killed
     print(f"crash noticed by every member after {took:.2f} s (heartbeat 10 s)")
-    assert took <= (timing.PROBE_FAILED_ROUNDS + 1) * 1.0 + 0.1
+    assert took <= (timing.PROBE_FAILED_ROUNDS + 1) * timing.PROBE_INTERVAL_DEFAULT + 0.1
     assert all(len(listed(hive, n)) == 4 for n in hive.nodes if n != "build4")
 
 
@@ -366,7 +366,7 @@ def test_no_false_death_in_ten_minutes_at_5_percent_loss(tmp_path, clock, caplog
     rounds = sum(n.agent.prober.counts["rounds"] for n in hive.nodes.values())
     print(f"seed {seed}: {rounds} rounds, {failed} failed (one lost datagram chain each), "
           f"{hive.net.dropped} datagrams dropped")
-    assert rounds > 8 * 550
+    assert rounds > 8 * 550 / timing.PROBE_INTERVAL_DEFAULT
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -406,8 +406,8 @@ def test_a_node_with_probing_off_states_no_probe_and_is_never_probed(tmp_path, c
     hive.run(clock.now + 12)
     others = [n for n in hive.nodes.values() if n is not off]
     assert all(n.agent.membership.members[off.node_id].probe == 0 for n in others)
-    assert all(n.agent.membership.members[o.node_id].probe == 1.0 for n in others for o in others
-               if o is not n)
+    assert all(n.agent.membership.members[o.node_id].probe == timing.PROBE_INTERVAL_DEFAULT
+               for n in others for o in others if o is not n)
     sent = dict(net.sent)
     hive.run(clock.now + 10)
     assert net.sent["PING"] - sent.get("PING", 0) <= 3 * 10 + 2  # 3 probers, not 4

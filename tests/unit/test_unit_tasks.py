@@ -370,10 +370,12 @@ def test_a_dead_worker_s_tasks_are_rerun_elsewhere_and_reported_once(tmp_path, c
             assert task.result["worker"] == "build4" and task.result["attempt"] == 2
         else:
             assert ran[task_id] == [("build4", 1)]
-    # re-sent within the membership's 3 heartbeats plus the probes (6 x 0.3 s)
+    # re-sent once the membership probes found it dead (the round under way and three failed
+    # ones) plus the task probes (6 x 0.3 s)
     for task_id in on_b3:
         resent = controller.tasks[task_id].attempts[1].sent_at - killed
-        assert resent < 3 * 1.0 + timing.TASK_SUSPECT_PROBES * timing.TASK_RETRY_FIRST + 0.5
+        assert resent < (timing.PROBE_FAILED_ROUNDS + 1) * timing.PROBE_INTERVAL_DEFAULT \
+            + timing.TASK_SUSPECT_PROBES * timing.TASK_RETRY_FIRST + 0.5
 
 
 def test_no_retries_left_means_lost(tmp_path, clock):
