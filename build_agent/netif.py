@@ -213,8 +213,6 @@ class RelayListener:
     exclusively) and no datagram from the network can claim (the kernel drops those); anything
     else is returned as (b"", its sender): dropped unread."""
 
-    priority = True
-
     def __init__(self, sock: socket.socket, agent: tuple[str, int]) -> None:
         self.sock, self.agent = sock, agent
 
