@@ -6,8 +6,7 @@ import logging
 import sys
 
 from build_agent import daemon
-from build_agent.netif import (Listener, open_broadcast_sockets, open_multicast_socket,
-                               open_relay_socket)
+from build_agent.netif import RelayListener, open_relay_socket, open_sending_socket
 
 from .advisor import Advisor
 from .policy import load_policy
@@ -18,19 +17,14 @@ LOG = logging.getLogger("build_advisor")
 def build(config, secrets, iface):
     policy = load_policy(config.policy)
     hostname = daemon.local_hostname()
-    socks = open_broadcast_sockets(iface, config.port)
+    # It hears only its agent, on 127.0.0.1 (every IDENTIFY the agent accepted), never the
+    # hive's broadcasts; it sends ADVICE from the interface's address (see build_agent.netif).
+    relay = RelayListener(open_relay_socket(config.port), (iface.address, config.port))
     advisor = Advisor(config, secrets, iface, hostname, policy)
-    advisor.attach(socks[0])  # ADVICE is sent from it (the source address is the interface's)
-    heard = advisor.note_channel
-    listeners = [Listener(sock, "broadcast", heard) for sock in socks]
-    if "multicast" in config.discovery:
-        listeners.append(Listener(open_multicast_socket(iface, config.multicast_group,
-                                                        config.port), "multicast", heard))
-    # IDENTIFY that reached the agent's own address (from another subnet), handed over by it.
-    listeners.append(Listener(open_relay_socket(config.port), "relay", heard))
+    advisor.attach(open_sending_socket(iface.address))
     LOG.info("build-advisor %s on %s, port %d, policy %s", advisor.hostname, iface.address,
              config.port, config.policy or "default")
-    return advisor, listeners
+    return advisor, [relay]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,8 +115,8 @@ def _echo_request_id(identify: Message) -> dict:
 
 
 class Advisor(Service):
-    # It answers IDENTIFY and nothing else (its view of the hive is the agent's peers.json):
-    # every other datagram, a heartbeat from each node above all, is dropped unverified.
+    # It answers IDENTIFY and nothing else (its view of the hive is the agent's peers.json), and
+    # hears only what its agent hands it (``receive``): the IDENTIFY the agent accepted.
     wanted_kinds = frozenset({"IDENTIFY"})
 
     def __init__(self, config: Config, secrets: Sequence[bytes], iface: Interface, hostname: str,
@@ -136,7 +136,6 @@ class Advisor(Service):
         self._view_data: dict | None = None  # peers.json as last read
         self._view_read = float("-inf")
         self._syncing: dict[str, tuple[Message, str, float]] = {}  # waiting for peers.json
-        self.channel: str | None = None
         self.advised = 0
         # Batched rounds: request id -> (node id -> answer told, expiry), and node id ->
         # (answer told in a batch, expiry): a joiner asking again is told the same.
@@ -171,25 +170,16 @@ class Advisor(Service):
         me = data.get("self")
         return len(peers) + (1 if isinstance(me, dict) and me.get("role") else 0)
 
-    def note_channel(self, channel: str) -> None:
-        """How the datagram being handled came (netif.Listener): "relay" is an IDENTIFY the
-        local agent received at its own address and handed over."""
-        self.channel = channel
-
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> Message | None:
-        """Only IDENTIFY concerns the advisor, but it hears every broadcast (every node's
-        HELLO and STATUS): a datagram that cannot be an IDENTIFY is dropped before its
-        signature is checked, which halves what a hive's broadcasts cost a node's two daemons
-        (a mass join, a flood).  (Whatever spacing a sender's JSON has, an IDENTIFY holds
-        these bytes.)"""
-        if b"IDENTIFY" not in data:
-            self.ignored += 1
+        """Its one socket is on 127.0.0.1, where the agent hands it every IDENTIFY the agent
+        accepted, however it came, with the address it came from (netif.RelayListener reads
+        it: ``source`` is that address).  Empty: not a hand-off of the local agent."""
+        if not data:
+            self.reject("not handed over by the local agent", source, now)
             return None
         return super().receive(data, source, now)
 
     def handle(self, message: Message, source_ip: str, now: float) -> None:
-        if self.channel == "relay":
-            source_ip = message.primary_ip  # the asker, as it signed (the agent relayed it)
         if message.kind == "IDENTIFY":
             self._syncing.pop(message.node_id, None)
             self._advise(message, source_ip, now)

@@ -14,8 +14,9 @@ machines, and says goodbye when it stops.
 
 Messages for everyone go where ``discovery.Discovery`` says: the group addresses of hive.toml's
 ``discovery`` methods, and by unicast every node those do not reach (another subnet, a LAN
-without broadcast).  A WELCOME to a node that came by unicast lists the hive's addresses; an
-IDENTIFY that came by unicast is handed to the local advisor.  With etcd, the node keeps its
+without broadcast).  A WELCOME to a node that came by unicast lists the hive's addresses.  Every
+IDENTIFY the agent accepts, however it came, is handed to the local advisor (the advisor hears
+nothing else: it does not wake for the hive's heartbeats).  With etcd, the node keeps its
 record there (``etcd.Registry``) and the role it takes is guarded by an etcd transaction
 (``etcd.RoleGuard``, a guard of the state machine).
 """
@@ -23,7 +24,6 @@ record there (``etcd.Registry``) and the role it takes is guarded by an etcd tra
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import time
@@ -39,8 +39,8 @@ from .healing import Healer
 from .lifecycle import Lifecycle, Phase, Send, Settle
 from .offloop import OffLoop
 from .membership import Membership, join_order_key, view_entry
-from .netif import Interface
-from .protocol import MAGIC, Message, format_ts, format_ts_seconds, make_payload, parse_ts
+from .netif import LOOPBACK, Interface, relay_datagram
+from .protocol import Message, format_ts, format_ts_seconds, make_payload, parse_ts
 
 LOG = logging.getLogger(__name__)
 
@@ -213,13 +213,13 @@ class Agent(Service):
         for address in addresses:
             self.send(self.unicast_sock, payload, address)
 
-    def _relay(self, message: Message, address: tuple[str, int]) -> None:
-        """Hand a message that reached our own address to the local advisor as it came (signed
-        by its sender: the advisor verifies it like any datagram)."""
-        data = json.dumps({"magic": MAGIC, "payload": message.payload, "sig": message.sig},
-                          separators=(",", ":")).encode()
+    def _relay(self, message: Message, source_ip: str) -> None:
+        """Hand a verified IDENTIFY to the local advisor: the datagram as it came (signed by its
+        sender: the advisor verifies it too) and the address it came from (the advisor answers
+        there, as this agent would)."""
         try:
-            self.unicast_sock.sendto(data, address)
+            self.unicast_sock.sendto(relay_datagram(message.data, source_ip),
+                                     (LOOPBACK, self.config.port))
         except OSError as exc:
             LOG.debug("Cannot hand %s to the advisor: %s", message.kind, exc)
 
@@ -289,9 +289,8 @@ class Agent(Service):
     def handle(self, message: Message, source_ip: str, now: float) -> None:
         self.now = now
         self.discovery.heard(source_ip, now)
-        relay = self.discovery.relay_target(message.kind)
-        if relay is not None:
-            self._relay(message, relay)
+        if message.kind == "IDENTIFY":
+            self._relay(message, source_ip)  # the advisor hears nothing else
         before = self.membership.members.get(message.node_id)
         before_role = before.role if before is not None else None
         settled = before.settled() if before is not None else None

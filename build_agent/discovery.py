@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 
 from . import timing
 from .config import Config, parse_seed
-from .netif import LOOPBACK, Interface
+from .netif import Interface
 
 LOG = logging.getLogger(__name__)
 
@@ -260,12 +260,6 @@ class Discovery:
         if len(addresses) > timing.WELCOME_MAX_ADDRESSES:
             addresses = sorted(random.sample(addresses, timing.WELCOME_MAX_ADDRESSES))
         return addresses
-
-    def relay_target(self, kind: str) -> tuple[str, int] | None:
-        """An IDENTIFY that reached the agent's own address is for the advisor too."""
-        if kind == "IDENTIFY" and self.channel == "unicast":
-            return (LOOPBACK, self.port)
-        return None
 
     def describe(self, now: float) -> dict:
         """For peers.json and `hive status`."""

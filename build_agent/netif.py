@@ -1,17 +1,21 @@
 """Sockets and interface facts: the only module that knows how the hive reaches the LAN.
 
-Both daemons of a node receive the hive's broadcasts on UDP 50555, and only the agent receives
-what is sent to the node's own address (WELCOME, ADVICE):
-- broadcasts: each daemon binds the interface's broadcast address (and 255.255.255.255) with
-  SO_REUSEADDR, so every broadcast reaches both daemons;
+The agent receives the hive's datagrams; the advisor receives only what its agent hands it:
+- broadcasts: the agent binds the interface's broadcast address (and 255.255.255.255) with
+  SO_REUSEADDR (shared with `hive watch`);
 - unicast: the agent binds the node's own address WITHOUT SO_REUSEADDR.  Linux then refuses
   any other socket on that address and port, and on the wildcard address too (it would
-  overlap), whoever asks: no local process, of any user, can take the agent's replies.
-Beyond one broadcast domain (discovery methods, see build_agent.discovery):
-- multicast: each daemon binds the group address (never the wildcard) with SO_REUSEADDR and
-  joins the group on the hive's interface; the agent sends to the group from its own socket;
-- the advisor binds 127.0.0.1 on the hive's port, exclusively: the agent hands it the IDENTIFY
-  requests that reached the agent's own address (unicast from members on other subnets).
+  overlap), whoever asks: no local process, of any user, can take the agent's replies;
+- multicast (a discovery method, see build_agent.discovery): the agent binds the group address
+  (never the wildcard) with SO_REUSEADDR and joins the group on the hive's interface; it sends
+  to the group from its own socket;
+- the advisor binds 127.0.0.1 on the hive's port, exclusively, and nothing else that receives:
+  the agent hands it every IDENTIFY it accepted, however it came (relay_datagram), from the
+  agent's own address and port, which only the agent can hold.  So a node's advisor never
+  wakes for the hive's heartbeats.  The advisor sends its ADVICE from a socket of its own on
+  the interface's address (open_sending_socket): the port is the kernel's choice (the agent
+  holds the hive's port on that address), and nothing is ever sent to it (replies go to the
+  hive's port).
 """
 
 from __future__ import annotations
@@ -124,7 +128,7 @@ def _bind(sock: socket.socket, address: str, port: int, what: str) -> socket.soc
 
 def open_broadcast_sockets(iface: Interface, port: int) -> list[socket.socket]:
     """Sockets that receive the hive's broadcasts: to the subnet's broadcast address and to
-    255.255.255.255.  Shared (SO_REUSEADDR) by both daemons and `hive watch`; sending from one
+    255.255.255.255.  Shared (SO_REUSEADDR) by the agent and `hive watch`; sending from one
     uses the interface's own address as source."""
     addresses = [iface.broadcast] + ([LIMITED_BROADCAST] if iface.broadcast != LIMITED_BROADCAST
                                      else [])
@@ -149,7 +153,7 @@ LOOPBACK = "127.0.0.1"
 
 def open_multicast_socket(iface: Interface, group: str, port: int) -> socket.socket:
     """Receives the hive's datagrams sent to the multicast ``group``: bound to the group address
-    (shared by both daemons, like the broadcast sockets) and joined on the hive's interface."""
+    (shared, like the broadcast sockets) and joined on the hive's interface."""
     sock = _bind(_udp_socket(reuse=True), group, port, "UDP multicast")
     try:
         membership = socket.inet_aton(group) + socket.inet_aton(iface.address)
@@ -172,20 +176,69 @@ def enable_multicast_sending(sock: socket.socket, iface: Interface, ttl: int) ->
 
 
 def open_relay_socket(port: int) -> socket.socket:
-    """The advisor's own loopback address: what reached the agent by unicast and is for the
-    advisor (IDENTIFY) is handed over here.  Exclusive, like the agent's own address."""
+    """The advisor's own loopback address: the agent hands it every IDENTIFY it accepts here
+    (relay_datagram).  Exclusive, like the agent's own address."""
     return _bind(_udp_socket(reuse=False), LOOPBACK, port, "UDP loopback")
+
+
+def open_sending_socket(address: str) -> socket.socket:
+    """A socket that only sends, from ``address`` (the interface's) and a port the kernel picks:
+    nothing is sent to that port, and the socket is never read."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return _bind(sock, address, 0, "UDP")
+
+
+# The agent's hand-off to its advisor: the IPv4 address the datagram came from (4 bytes), then
+# the datagram as it came (signed by its sender: the advisor verifies it like any datagram).
+RELAY_HEADER = 4
+
+
+def relay_datagram(data: bytes, source_ip: str) -> bytes:
+    """What the agent sends its advisor for a datagram ``data`` that came from ``source_ip``."""
+    return socket.inet_aton(source_ip) + data
+
+
+def from_relay(data: bytes) -> tuple[bytes, str] | None:
+    """(the datagram, the address it came from) of a hand-off; None if it cannot be one."""
+    if len(data) <= RELAY_HEADER:
+        return None
+    return data[RELAY_HEADER:], socket.inet_ntoa(data[:RELAY_HEADER])
+
+
+class RelayListener:
+    """The advisor's loopback socket.  Returns each hand-off of the agent as (the datagram as it
+    came, (the address it came from, the hive's port)).  A hand-off comes from the agent's own
+    address and port (``agent``), which no other local process can hold (the agent binds it
+    exclusively) and no datagram from the network can claim (the kernel drops those); anything
+    else is returned as (b"", its sender): dropped unread."""
+
+    def __init__(self, sock: socket.socket, agent: tuple[str, int]) -> None:
+        self.sock, self.agent = sock, agent
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recvfrom(self, size: int):
+        data, sender = self.sock.recvfrom(size + RELAY_HEADER)  # (room for the header)
+        handed = from_relay(data) if sender == self.agent else None
+        if handed is None:
+            return b"", sender
+        return handed[0], (handed[1], self.agent[1])
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Listener:
     """A bound socket that tells ``heard(channel)`` before each datagram it returns, so the
-    service knows how a datagram reached it ("broadcast", "multicast" or "unicast")."""
+    agent knows how a datagram reached it ("broadcast", "multicast" or "unicast")."""
 
     def __init__(self, sock: socket.socket, channel: str, heard) -> None:
         self.sock, self.channel, self.heard = sock, channel, heard
         # Read first when several sockets are ready: what is sent to this node alone (replies
-        # to a join, IDENTIFY relayed by the agent) must not wait behind a flooded broadcast.
-        self.priority = channel in ("unicast", "relay")
+        # to a join) must not wait behind a flooded broadcast.
+        self.priority = channel == "unicast"
 
     def fileno(self) -> int:
         return self.sock.fileno()

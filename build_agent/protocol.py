@@ -472,6 +472,8 @@ class Message:
     ts: float
     payload: dict
     sig: str = ""
+    # The datagram as it came (decode): the agent hands an IDENTIFY to its advisor as it came.
+    data: bytes = field(default=b"", repr=False, compare=False)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.payload.get(key, default)
@@ -628,7 +630,7 @@ def decode(data: bytes, secrets: Sequence[bytes], now: float,
     if abs(message.ts - now) > timing.MAX_CLOCK_SKEW:
         raise ProtocolError("stale")
     return Message(message.kind, message.node_id, message.hostname, message.primary_ip,
-                   message.ts, payload, sig)
+                   message.ts, payload, sig, data)
 
 
 class ReplayGuard:

@@ -157,7 +157,8 @@ def test_multicast_forms_the_hive_where_the_bridge_drops_broadcast(make_lab):
     status = json.loads(lab.hive(hosts[0], "status", "--json").stdout)
     assert status["discovery"] == {"methods": ["multicast"], "multicast_group": group}
     assert {w["via"] for w in status["reached"].values()} == {"multicast"}
-    # Every member's advisor heard the IDENTIFY on the group: the last one was advised by all.
+    # Every member heard the IDENTIFY on the group (its agent handed it to its advisor): the last
+    # one was advised by all.
     assert lab.identity(hosts[3])["assigned_by"] == [f"build{i}" for i in hosts[:3]]
     # And the multicast hive is not the broadcast nodes' business (and the other way round).
     assert all(lab.peer_names(i) == set() for i in broadcast_only)

@@ -119,6 +119,16 @@ def test_walkthrough_state(hive, diagnose):
         journal = host.journal("build-agent")
         assert (f"Consensus: I am a '{role}'" if role != "founder" else "Identity: founder") in journal
         assert jq(host, ".self.hostname", "/var/lib/build/peers.json") == name
+        # Under its unit, the advisor hears only its agent: 127.0.0.1:50555, plus the socket it
+        # sends ADVICE from (its address, a port of the kernel's); no broadcast address.
+        pid = host.run("systemctl", "show", "-p", "MainPID", "--value",
+                       "build-advisor").stdout.strip()
+        address = jq(host, ".self.primary_ip", "/var/lib/build/peers.json")
+        sockets = sorted(line.split()[3] for line in host.run(
+            "ss", "-H", "-u", "-a", "-n", "-p").stdout.splitlines() if f"pid={pid}," in line)
+        assert len(sockets) == 2 and "127.0.0.1:50555" in sockets, sockets
+        [sending] = [s for s in sockets if s != "127.0.0.1:50555"]
+        assert sending.startswith(address + ":") and sending != f"{address}:50555", sockets
     # peers.json: everyone sees the two others (the founder learns of build3 from its heartbeats)
     def all_see_all():
         for name, host in nodes.items():

@@ -16,7 +16,7 @@ from build_advisor.policy import default_suggest_role, load_policy
 from build_agent import protocol, state, timing
 from build_agent.agent import Agent
 from build_agent.daemon import Service
-from hive_fakes import SECRET, T0, FakeSocket, policy_copy
+from hive_fakes import SECRET, T0, FakeSocket, policy_copy, through_relay
 
 SELF_ID = "self-node-0"
 NEW_ID = "new-node-9"
@@ -86,12 +86,16 @@ def make_advisor(config, iface, clock, fake_sock):
 
 def feed(service: Service, kind: str, node_id: str, hostname: str, ip: str, now: float,
          **fields) -> protocol.Message | None:
-    """Through receive() and, when it passes, handle()."""
+    """Through receive() and, when it passes, handle().  An advisor gets it as its agent hands
+    it over (on the loopback socket), having heard it from ``ip``."""
     data = protocol.encode(protocol.make_payload(kind, node_id, hostname, ip, now, **fields),
                            SECRET)
-    message = service.receive(data, (ip, 50555), now)
+    source = (ip, 50555)
+    if isinstance(service, Advisor):
+        data, source = through_relay(data, ip)
+    message = service.receive(data, source, now)
     if message is not None:
-        service.handle(message, ip, now)
+        service.handle(message, source[0], now)
     return message
 
 
@@ -579,46 +583,45 @@ def test_a_reask_is_answered_with_the_role_the_plan_gives_the_mover(make_advisor
     assert second.get("reason") == "the hive has what it needs: stay 'runner'"
 
 
-# --- what the advisor does not use, it does not verify (issue 12: 200 hosts, floods) ---------
+# --- the advisor hears only its agent (issue 12: 200 hosts, floods) -----------------------------
 
-def test_heartbeats_are_dropped_unverified_and_identify_still_answered(make_advisor, fake_sock,
-                                                                       monkeypatch):
+def test_only_the_agents_hand_offs_reach_the_advisor(make_advisor, fake_sock, monkeypatch):
+    """On its loopback socket, a datagram not sent from the agent's own address and port (a
+    local process, even with a valid IDENTIFY captured from the LAN) is dropped unread."""
     advisor = make_advisor()
-    checked = []
-    real_verify = protocol.verify
-
-    def counting_verify(payload, sig, secrets):
-        checked.append(payload["kind"])
-        return real_verify(payload, sig, secrets)
-
-    monkeypatch.setattr(protocol, "verify", counting_verify)
-    for n, kind in enumerate(("STATUS", "HEARTBEAT", "HELLO", "WELCOME", "TASK")):
-        fields = {"id": "t1"} if kind == "TASK" else {}
-        assert feed(advisor, kind, f"peer-{n}", f"build{n + 20}", "10.9.0.30", T0 + 1,
-                    **fields) is None
-    assert checked == [] and advisor.ignored == 5
-    assert advisor.rejects.total == 0  # not counted (nor logged) as bad datagrams
-    assert identify(advisor) is not None
-    assert checked[0] == "IDENTIFY" and "STATUS" not in checked
-    assert [m.kind for m, _ in fake_sock.messages()] == ["ADVICE"]
-
-
-def test_copies_of_an_ignored_datagram_are_not_parsed_again(make_advisor, monkeypatch):
-    advisor = make_advisor()
-    data = protocol.encode(protocol.make_payload("STATUS", "peer-1", "build21", "10.9.0.30",
-                                                 T0 + 1, role="runner"), SECRET)
     parsed = []
     real_parse = protocol.parse_envelope
     monkeypatch.setattr(protocol, "parse_envelope", lambda d: parsed.append(1) or real_parse(d))
-    for _ in range(5):  # a flood replaying one captured heartbeat
-        assert advisor.receive(data, ("10.9.0.66", 50555), T0 + 1) is None
-    # (Not parsed even once: bytes without "IDENTIFY" are dropped before parsing.)
-    assert parsed == [] and advisor.ignored == 5
+    data = protocol.encode(protocol.make_payload(
+        "IDENTIFY", NEW_ID, "build9", "10.9.0.99", T0 + 1, request="who_am_i",
+        candidate_ip=None, capabilities={}, attempt=0), SECRET)
+    for sender, handed in ((("127.0.0.1", 40000), True), (("10.9.0.2", 40001), True),
+                           (("10.9.0.66", 50555), True), (("127.0.0.1", 50555), False)):
+        got, source = through_relay(data, "10.9.0.66", sender, handed)
+        assert advisor.receive(got, source, T0 + 1) is None
+    assert parsed == [] and fake_sock.sent == []
+    assert advisor.rejects.counts["not handed over by the local agent"] == 4
+    got, source = through_relay(data, "10.9.0.99")  # from the agent
+    message = advisor.receive(got, source, T0 + 1)
+    assert parsed == [1] and source == ("10.9.0.99", 50555)
+    advisor.handle(message, source[0], T0 + 1)
+    assert [(m.kind, address) for m, address in fake_sock.messages()] == \
+        [("ADVICE", ("10.9.0.99", 50555))]
+
+
+def test_a_hand_off_of_another_kind_is_dropped_unverified(make_advisor, monkeypatch):
+    advisor = make_advisor()
+    checked = []
+    real_verify = protocol.verify
+    monkeypatch.setattr(protocol, "verify", lambda *a: checked.append(a) or real_verify(*a))
+    assert feed(advisor, "STATUS", "peer-1", "build21", "10.9.0.30", T0 + 1,
+                role="runner") is None
+    assert checked == [] and advisor.ignored == 1 and advisor.rejects.total == 0
 
 
 def test_a_forged_identify_is_still_refused(make_advisor, fake_sock):
     advisor = make_advisor()
     data = protocol.encode(protocol.make_payload("IDENTIFY", NEW_ID, "build9", "10.9.0.99",
                                                  T0 + 1, request="who_am_i"), b"not-the-secret")
-    assert advisor.receive(data, ("10.9.0.99", 50555), T0 + 1) is None
+    assert advisor.receive(*through_relay(data, "10.9.0.99"), T0 + 1) is None
     assert advisor.rejects.counts["bad signature"] == 1 and fake_sock.sent == []

@@ -128,15 +128,6 @@ def test_welcome_addresses_keeps_only_addresses():
                                      addresses="10.0.0.1")) == []
 
 
-def test_an_identify_by_unicast_is_for_the_advisor_too(config, iface):
-    d = make(config, iface)
-    d.note_channel("unicast")
-    assert d.relay_target("IDENTIFY") == ("127.0.0.1", PORT)
-    assert d.relay_target("STATUS") is None
-    d.note_channel("broadcast")  # the advisor heard it itself
-    assert d.relay_target("IDENTIFY") is None
-
-
 def test_describe(config, iface):
     d = make(config, iface, discovery=("broadcast", "multicast", "seeds"), seeds=(FAR,))
     assert d.describe(T0) == {"methods": ["broadcast", "multicast", "seeds"],

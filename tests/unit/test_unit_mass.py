@@ -393,21 +393,6 @@ def test_a_follower_counts_only_the_advisors_that_were_members_when_its_round_be
     assert agent.role == "runner" and agent.identity["votes"] == {"runner": 2}
 
 
-def test_the_advisor_drops_what_cannot_be_an_identify_before_checking_its_signature(
-        make_advisor, monkeypatch):
-    advisor = make_advisor()
-    checked = []
-    real = protocol.verify
-    monkeypatch.setattr(protocol, "verify", lambda *a: (checked.append(a), real(*a)))
-    status = protocol.encode(protocol.make_payload("STATUS", J1, "build21", "10.9.0.21", T0 + 1,
-                                                   role=None, state="joining"), SECRET)
-    assert advisor.receive(status, ("10.9.0.21", 50555), T0 + 1) is None and checked == []
-    identify = protocol.encode(protocol.make_payload("IDENTIFY", J1, "build21", "10.9.0.21",
-                                                     T0 + 1, request="who_am_i"), SECRET)
-    assert advisor.receive(identify, ("10.9.0.21", 50555), T0 + 1).kind == "IDENTIFY"
-    assert len(checked) == 1
-
-
 def test_the_advisor_waits_for_a_view_with_the_members_the_asker_knows(make_advisor, config,
                                                                        fake_sock):
     advisor = make_advisor()

@@ -12,7 +12,7 @@ import pytest
 from build_agent import protocol, timing
 from build_agent.config import ConfigError, EtcdSettings, load_config
 from build_agent.discovery import Discovery
-from hive_fakes import SECRET, T0
+from hive_fakes import SECRET, T0, through_relay
 from test_unit_advisor import identify, make_advisor, advices  # noqa: F401 (fixture)
 from test_unit_agent import (ME, advice_fields, deliver, make_agent, run_until,  # noqa: F401
                              sent, step)
@@ -100,35 +100,64 @@ def test_a_welcome_to_a_hello_by_unicast_lists_the_hive(make_agent, config, ifac
     assert welcome.get("addresses") == [FAR]  # only the one it cannot hear
 
 
-def test_an_identify_that_came_by_unicast_is_handed_to_the_advisor_as_it_came(
+def test_every_identify_the_agent_accepts_is_handed_to_the_advisor_once_as_it_came(
         make_agent, clock, fake_sock):
+    """The advisor hears only its agent: every verified IDENTIFY, however it came (broadcast,
+    multicast, unicast), once per datagram, with the address it came from; nothing else."""
     agent = make_agent()
     run_until(agent, clock, T0 + timing.DISCOVERY_MAX + EPS, start=T0)
     fake_sock.clear()
-    as_channel(agent, "unicast")
-    message = deliver(agent, "IDENTIFY", "cccc-3", "build3", FAR, T0 + 3, request="who_am_i",
-                      request_id="r1")
-    [(data, address)] = [(d, a) for d, a in fake_sock.sent if a[0] == "127.0.0.1"]
-    assert address == ("127.0.0.1", 50555)
-    relayed = protocol.decode(data, [SECRET], T0 + 3)
-    assert relayed.payload == message.payload and relayed.sig == message.sig
+    asked = []
+    for n, channel in enumerate(("broadcast", "multicast", "unicast")):
+        as_channel(agent, channel)
+        asked.append(deliver(agent, "IDENTIFY", f"cccc-{n}", f"build{n + 30}",
+                             f"10.9.0.{n + 30}" if n < 2 else FAR, T0 + 3 + n,
+                             request="who_am_i", request_id=f"r{n}"))
+    handed = fake_sock.handed_over()
+    assert [(m.node_id, ip) for m, ip, _ in handed] == \
+        [("cccc-0", "10.9.0.30"), ("cccc-1", "10.9.0.31"), ("cccc-2", FAR)]
+    for (_, _, datagram), message in zip(handed, asked):
+        assert datagram == message.data  # the signed bytes as they came: not re-encoded
+    assert {a for _, a in fake_sock.sent if a[0] == "127.0.0.1"} == {("127.0.0.1", 50555)}
     fake_sock.clear()
+    # The same datagram again (a copy by another channel, a replay): not handed over again.
+    for channel in ("unicast", "broadcast"):
+        as_channel(agent, channel)
+        assert agent.receive(asked[2].data, (FAR, 50555), T0 + 6) is None
+    # Nothing else is handed over: heartbeats, HELLO, WELCOME, probes, ADVICE, tasks.
     as_channel(agent, "broadcast")
-    deliver(agent, "IDENTIFY", "dddd-4", "build4", "10.9.0.14", T0 + 4, request="who_am_i")
-    assert not [a for _, a in fake_sock.sent if a[0] == "127.0.0.1"]
+    deliver(agent, "STATUS", "aaaa-1", "build1", "10.9.0.11", T0 + 7, role="builder",
+            state="active", interval=10)
+    deliver(agent, "HELLO", "dddd-4", "build4", "10.9.0.14", T0 + 7, candidate_ip=None)
+    deliver(agent, "PING", "aaaa-1", "build1", "10.9.0.11", T0 + 8, to=ME, seq=1)
+    as_channel(agent, "unicast")
+    deliver(agent, "WELCOME", "bbbb-2", "build2", FAR, T0 + 8, to=ME, role="builder",
+            members=2)
+    deliver(agent, "ADVICE", "bbbb-2", "build2", FAR, T0 + 9, **advice_fields("runner"))
+    # A forged IDENTIFY (another secret) and our own: not handed over either.
+    forged = protocol.encode(protocol.make_payload("IDENTIFY", "eeee-5", "build5", FAR, T0 + 9,
+                                                   request="who_am_i"), b"not-the-secret-0")
+    assert agent.receive(forged, (FAR, 50555), T0 + 9) is None
+    own = protocol.encode(protocol.make_payload("IDENTIFY", ME, agent.hostname, "10.9.0.2",
+                                                T0 + 9, request="who_am_i"), SECRET)
+    assert agent.receive(own, ("10.9.0.2", 50555), T0 + 9) is None
+    assert fake_sock.handed_over() == []
 
 
-def test_the_advisor_answers_a_handed_over_identify_at_the_askers_address(make_advisor,
-                                                                         fake_sock):
+def test_the_advisor_answers_where_its_agent_heard_the_asker(make_advisor, fake_sock):
+    """The agent hands over the address it heard the IDENTIFY from; the advisor answers there,
+    as the agent itself would (a WELCOME): not at the ``primary_ip`` the asker wrote (a host
+    whose hive LAN is not its default route, a 1:1 NAT between sites)."""
     advisor = make_advisor()
-    advisor.note_channel("relay")  # came on the loopback socket: the source is 127.0.0.1
-    data = protocol.encode(protocol.make_payload(
-        "IDENTIFY", "new-node-9", "build9", FAR, T0 + 1, request="who_am_i", candidate_ip=None,
-        capabilities={}, attempt=0), SECRET)
-    message = advisor.receive(data, ("127.0.0.1", 50555), T0 + 1)
-    advisor.handle(message, "127.0.0.1", T0 + 1)
-    [(advice, address)] = advices(fake_sock)
-    assert address == (FAR, 50555)
+    for n, (primary, heard) in enumerate(((FAR, FAR), ("192.168.5.9", "10.9.0.77"))):
+        data = protocol.encode(protocol.make_payload(
+            "IDENTIFY", f"new-node-{n}", f"build{n + 9}", primary, T0 + 1, request="who_am_i",
+            candidate_ip=None, capabilities={}, attempt=0), SECRET)
+        data, source = through_relay(data, heard)
+        message = advisor.receive(data, source, T0 + 1)
+        advisor.handle(message, source[0], T0 + 1)
+    assert [address for _, address in advices(fake_sock)] == [(FAR, 50555),
+                                                              ("10.9.0.77", 50555)]
 
 
 # --- the role guard in the state machine -------------------------------------------------------
