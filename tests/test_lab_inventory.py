@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from build_agent import timing
 from build_agent.inventory import group_names
 from lab import REPO
 
@@ -97,10 +98,11 @@ def test_ansible_inventory_lists_the_hive_from_the_controllers_peers_json(make_l
     print(f"\nansible-inventory --list of a 5-host hive: {took:.2f} s")
 
     # The agent of the controller stops: its peers.json is no longer refreshed.  After the
-    # agent's own backstop for members that answer probes (6 heartbeats of 1 s) the members it
-    # lists are in hive_dead, and no longer in their role's group.
+    # agent's own backstop for members that answer probes (6 of the intervals they state: 3
+    # heartbeats of 1 s each) the members it lists are in hive_dead, and no longer in their
+    # role's group.
     lab.kill(controller)
-    time.sleep(6 * 1 + 1.5)
+    time.sleep(timing.DEAD_AFTER_INTERVALS_PROBED * timing.STATUS_INTERVALS_PROBED * 1 + 1.5)
     stale, stderr = run_ansible(inventory_script, config, tmp_path, "--list")
     assert groups_of(stale) == {"controller": ["build2"],
                                 "hive_dead": ["build1", "build3", "build4", "build5"]}
