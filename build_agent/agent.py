@@ -276,14 +276,14 @@ class Agent(Service):
         queue = self.tasks.queue_depth() if self.tasks.controller is not None else None
         return (self.role, self._capacity(), self._health(), queue, self.capabilities)
 
-    def _heartbeat(self, state_name: str = "active") -> None:
+    def _heartbeat(self, state: str = "active", **more) -> None:
         self._last_status, self._last_summary = self.now, self._status_summary()
         queue = {"queue": self.tasks.queue_depth()} if self.tasks.controller is not None else {}
         # A joiner says since when it joins: who hears it only so learns its place in the order.
         since = {"joining_since": self.life.joining_since_text()} if self.identity is None else {}
-        self._broadcast("STATUS", role=self.role, state=state_name, load=self._load(),
+        self._broadcast("STATUS", role=self.role, state=state, load=self._load(),
                         capacity=self._capacity(), health=self._health(),
-                        capabilities=self.capabilities, **queue, **since)
+                        capabilities=self.capabilities, **queue, **since, **more)
 
     # --- incoming ---------------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
@@ -508,7 +508,7 @@ class Agent(Service):
 
     def _send(self, send: Send) -> None:
         if send.kind == "STATUS":
-            self._heartbeat(send.fields["state"])
+            self._heartbeat(**send.fields)
         elif send.to is None:
             self._broadcast(send.kind, **send.fields)
         else:

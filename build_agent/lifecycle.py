@@ -267,9 +267,21 @@ class Lifecycle:
             deadline = min(deadline, self.next_keepalive)
         return deadline
 
+    @property
+    def keepalive(self) -> float:
+        """Seconds between our keep-alives while joining: JOINING_KEEPALIVE, stretched when many
+        join at once (timing.JOINING_KEEPALIVE_PEERS)."""
+        pace = min(timing.JOINING_PACE_MAX,
+                   max(1.0, len(self.membership.joiners) / timing.JOINING_KEEPALIVE_PEERS))
+        return timing.JOINING_KEEPALIVE * pace
+
     def _status(self, state: str | None = None) -> None:
-        self.outbox.append(Send("STATUS", {"state": state or self.status_state}))
-        self.next_keepalive = self._now + timing.JOINING_KEEPALIVE
+        fields = {"state": state or self.status_state}
+        keepalive = self.keepalive
+        if keepalive > timing.JOINING_KEEPALIVE:
+            fields["keepalive"] = round(keepalive, 2)  # the others wait for us that much longer
+        self.outbox.append(Send("STATUS", fields))
+        self.next_keepalive = self._now + keepalive
 
     def _tick_new(self, now: float) -> float:
         self._begin_discovery(now)  # (the agent calls start() first, with its identity)

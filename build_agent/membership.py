@@ -140,6 +140,12 @@ class Joiner:
     backing_off: bool = False  # nobody could advise it: it pauses and holds nobody's turn
     capabilities: dict = field(default_factory=dict)  # as it said (advisors of a batch need it)
     welcomed: float | None = None  # the joining_since we answered its HELLO for (agent)
+    pace: float = 1.0  # its keep-alive interval / JOINING_KEEPALIVE, as it stated (``keepalive``)
+
+    @property
+    def deadline(self) -> float:
+        """When it is no longer waited for, unless heard again."""
+        return self.last_heard + timing.JOINING_PEER_TIMEOUT * self.pace
 
     @property
     def key(self) -> tuple[float, str]:
@@ -270,11 +276,14 @@ class Membership:
         if joiner is None:
             joiner = Joiner(message.node_id, message.hostname, source_ip, since, now)
             self.joiners[message.node_id] = joiner
-            self._schedule(("j", message.node_id), now + timing.JOINING_PEER_TIMEOUT)
         else:
             joiner.last_heard = now
             if since_text:
                 joiner.joining_since = since
+        if message.kind == "STATUS":  # (its HELLO and IDENTIFY are followed by a keep-alive in 1 s)
+            keepalive = message.get("keepalive")
+            joiner.pace = max(1.0, keepalive / timing.JOINING_KEEPALIVE) if keepalive else 1.0
+        self._schedule(("j", message.node_id), joiner.deadline)
         if isinstance(message.get("capabilities"), dict):
             joiner.capabilities = message.get("capabilities")
         state = message.get("state")
@@ -333,7 +342,7 @@ class Membership:
         spared = []  # a joiner a float's rounding keeps a moment longer (its test below)
         while True:
             due = self._due()
-            # (a microsecond early: the joiners' test is `now - last_heard >= timeout`)
+            # (a microsecond early: the joiners' test is `now - last_heard >= timeout * pace`)
             if due is None or now < due[0] - 1e-6:
                 break
             heapq.heappop(self._heap)
@@ -345,7 +354,8 @@ class Membership:
                     changed |= self.remove(
                         node_id, now, f"is dead: no heartbeat for {now - member.last_seen:.1f}s")
                     continue
-            elif now - self.joiners[node_id].last_heard >= timing.JOINING_PEER_TIMEOUT:
+            elif now - self.joiners[node_id].last_heard \
+                    >= timing.JOINING_PEER_TIMEOUT * self.joiners[node_id].pace:
                 del self.joiners[node_id]
                 continue
             spared.append((due[0], key))
@@ -380,7 +390,7 @@ class Membership:
             member = self.members.get(node_id)
             return member.deadline() if member is not None else None
         joiner = self.joiners.get(node_id)
-        return joiner.last_heard + timing.JOINING_PEER_TIMEOUT if joiner is not None else None
+        return joiner.deadline if joiner is not None else None
 
     def _schedule(self, key: tuple[str, str], deadline: float) -> None:
         """After a change that may bring ``key``'s deadline earlier (a new member or joiner,

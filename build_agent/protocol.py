@@ -279,6 +279,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("rebalance", _boolean, False),
         ("probe", _number(0, 3600), False),            # its probe interval: it answers PINGs
         ("incarnation", _timestamp(), False),          # its newest refutation (default: started)
+        ("keepalive", _number(0.1, 60), False),        # a joiner: its next keep-alive within
     ),
     "WELCOME": (
         ("to", _text(64, NODE_ID_RE), False),

@@ -139,3 +139,34 @@ def test_a_joiners_keepalive_says_since_when_it_joins(make_agent, config, fake_s
     assert joiner.identity is None and joiner.phase == "wait"
     keepalives = [m for m in _statuses(fake_sock) if m.get("state") == "joining"]
     assert keepalives and keepalives[-1].get("joining_since") == joiner.life.joining_since_text()
+
+
+def _joiner_status(agent, k: int, now: float, **more) -> None:
+    deliver(agent, "STATUS", f"1111-{k:04d}", f"build-j{k}", f"10.9.1.{k + 1}", now, role=None,
+            state="joining", joining_since=protocol.format_ts(T0 - 60 + k), capabilities=CAPS,
+            **more)
+
+
+def test_many_joiners_keep_alive_more_slowly_and_are_waited_for_longer(make_agent, config,
+                                                                       fake_sock):
+    joiner = _joining(make_agent, config, "ffff-joiner")  # the last in the join order
+    for k in range(60):  # 60 others join, all ahead of it: it waits, keeping alive
+        _joiner_status(joiner, k, T0 + 0.01)
+    fake_sock.clear()
+    for k in range(1, 101):
+        step(joiner, joiner.clock, T0 + k * 0.1)
+        for j in range(60):
+            if k % 10 == 0:  # they keep alive every second
+                _joiner_status(joiner, j, T0 + k * 0.1 + 0.001)
+    keepalives = [m for m in _statuses(fake_sock) if m.get("state") == "joining"]
+    pace = 60 / timing.JOINING_KEEPALIVE_PEERS
+    sent = sorted({(m.ts, m.get("keepalive")) for m in keepalives})  # (one per address)
+    assert [keepalive for _, keepalive in sent] == [pace * timing.JOINING_KEEPALIVE] * 3
+    # Who hears a paced keep-alive waits JOINING_PEER_TIMEOUT times the pace for the next one.
+    member = _operating(make_agent, config)
+    _joiner_status(member, 1, T0 + 1, keepalive=3.0)
+    _joiner_status(member, 2, T0 + 1)
+    step(member, member.clock, T0 + 1 + timing.JOINING_PEER_TIMEOUT + 0.1)
+    assert sorted(member.membership.joiners) == ["1111-0001"]
+    step(member, member.clock, T0 + 1 + 3 * timing.JOINING_PEER_TIMEOUT + 0.1)
+    assert sorted(member.membership.joiners) == []
