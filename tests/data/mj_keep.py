@@ -1,0 +1,137 @@
+"""Measure a mass join by hand (not a test): N joiners started together into a live hive of B.
+
+    sudo python3 tests/data/mass_join.py B N [--hold] [--policy FILE]
+
+Builds a hive-lab lab 'mj' on 10.77.249.0/24 (B hosts joined one after another, N more), starts
+the joiners' advisors first, then the N agents back to back (as scripts/hive-bench does), and
+prints: how long the spawning took; the last identity.json after the first agent's start and
+after the last agent was up ('Looking for hive peers' in its log); the role counts; split votes;
+rounds of their own vs joiners advised in another's round.  --hold: a queue holder
+(tests/data/queue_holder.py) holds every joiner in the queue until all N are up, then lets them
+go: the time is then from that release (the protocol's share, without interpreter start-up),
+and the daemons' CPU while the N joiners wait is printed.  Bounded (120 s per wait); the lab is
+removed at the end, on error and on Ctrl-C.
+"""
+
+import collections
+import datetime
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+from lab import Lab  # noqa: E402
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    hold = "--hold" in args
+    policy = args[args.index("--policy") + 1] if "--policy" in args else ""
+    base, joiners = int(args[0]), int(args[1])
+    lab = Lab("mj", "10.77.249", policy=policy)
+    lab.down(check=False)
+    procs: list[subprocess.Popen] = []
+
+    def spawn(i: int, module: str, name: str, argv: list[str] | None = None) -> None:
+        d = lab.host_dir(i)
+        argv = argv or ["unshare", "--uts", "--", "sh", "-c",
+                        'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"', f"build{i}",
+                        "env", f"PYTHONPATH={REPO}", "PYTHONDONTWRITEBYTECODE=1", sys.executable,
+                        "-m", module, "--config", str(d / "hive.toml")]
+        p = subprocess.Popen(["ip", "netns", "exec", f"mj-h{i}", *argv], stdin=subprocess.DEVNULL,
+                             stdout=open(d / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
+        (d / f"{name}.pid").write_text(f"{p.pid}\n")
+        procs.append(p)
+
+    def cpu(new: list[int], name: str) -> float:
+        total = 0
+        for i in new:
+            try:
+                pid = int((lab.host_dir(i) / f"{name}.pid").read_text())
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, ValueError):
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def wait(predicate, seconds: float) -> bool:
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.1)
+        return predicate()
+
+    try:
+        lab.up(base)  # (hive-lab compiles the code: the agents spawned below run it compiled)
+        new = lab.add(joiners)
+        for i in new:
+            spawn(i, "build_advisor", "advisor")
+        wait(lambda: all("build-advisor" in lab.log(i, "advisor") for i in new), 120)
+        time.sleep(1)
+        if hold:
+            holder = lab.add(1)[0]
+            release = lab.dir / "release"
+            spawn(holder, "", "holder", [sys.executable, str(REPO / "tests/data/queue_holder.py"),
+                                         str(lab.host_dir(holder) / "shared_secret"),
+                                         f"{lab.subnet}.255", f"build{holder}", lab.ip(holder),
+                                         str(release)])
+            time.sleep(1)
+        t0 = time.time()
+        for i in new:
+            spawn(i, "build_agent", "agent")
+        print(f"{joiners} agents spawned in {time.time() - t0:.2f} s", flush=True)
+        if hold:
+            ok = wait(lambda: all("Waiting" in lab.log(i) for i in new), 120)
+            print(f"all queued: {ok}, {time.time() - t0:.1f} s after the first spawn", flush=True)
+            time.sleep(3)
+            a0, d0 = cpu(new, "agent"), cpu(new, "advisor")
+            time.sleep(5)
+            print(f"CPU while {joiners} joiners wait: agents {(cpu(new, 'agent') - a0) / 5:.2f} s/s, "
+                  f"advisors {(cpu(new, 'advisor') - d0) / 5:.2f} s/s", flush=True)
+            t0 = time.time()
+            release.touch()
+        wait(lambda: all(lab.identity(i) for i in new), 120)
+        got = [i for i in new if lab.identity(i)]
+        times = sorted((lab.host_dir(i) / "state" / "identity.json").stat().st_mtime - t0
+                       for i in got)
+        since = "the release" if hold else "the first agent's start"
+        print(f"{len(got)}/{joiners} identified; the last {times[-1]:.2f} s after {since} "
+              f"(median {times[len(times) // 2]:.2f} s)" if got else "none identified")
+        if not hold:
+            ups = []
+            for i in new:
+                for line in lab.log(i).splitlines():
+                    if "Looking for hive peers" in line:
+                        ups.append(datetime.datetime.strptime(
+                            line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0)
+                        break
+            if ups and got:
+                print(f"agents up {min(ups):.2f}..{max(ups):.2f} s after the first spawn; the last "
+                      f"identity {times[-1] - max(ups):.2f} s after the last agent was up")
+        roles = collections.Counter(str(lab.role(i)) for i in range(1, base + 1))
+        roles.update(str(lab.role(i)) for i in new)
+        print("roles", dict(sorted(roles.items())))
+        print("split votes", {i: lab.identity(i)["votes"] for i in got
+                              if len(lab.identity(i)["votes"]) > 1})
+        own = sum(lab.log(i).count("Asking peers for role assignment...\n") for i in new)
+        followed = sum("Asking peers for role assignment in the round of" in lab.log(i)
+                       for i in new)
+        print(f"rounds of their own {own}; joiners advised in another's round {followed}; "
+              f"load {os.getloadavg()}")
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        print("kept lab")
+
+
+if __name__ == "__main__":
+    main()
