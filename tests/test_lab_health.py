@@ -87,7 +87,11 @@ def test_secret_rotation_with_reload(make_lab):
     (lab.host_dir(1) / "shared_secret").write_text(f"{new}\n{old}\n")
     os.kill(lab.pid(1), signal.SIGHUP)
     os.kill(lab.pid(1, "advisor"), signal.SIGHUP)
-    lab.wait_for(lambda: "build1" not in lab.peer_names(2), 8, "build2 to stop hearing build1")
+    # (Two hosts: build2's probes of build1 hear nobody else, so they accuse nobody; the
+    # heartbeat backstop drops it: 6 of the intervals it stated, 3 heartbeats of 1 s each.)
+    backstop = timing.DEAD_AFTER_INTERVALS_PROBED * timing.STATUS_INTERVALS_PROBED * 1
+    lab.wait_for(lambda: "build1" not in lab.peer_names(2), backstop + 4,
+                 "build2 to stop hearing build1")
     assert "Reloaded the shared secret (2 secret(s))" in lab.log(1)
     # build2 learns the new secret as a second line: it verifies build1 again.
     (lab.host_dir(2) / "shared_secret").write_text(f"{old}\n{new}\n")
