@@ -135,6 +135,7 @@ class Advisor(Service):
         self.sock = None
         self._view_data: dict | None = None  # peers.json as last read
         self._view_read = float("-inf")
+        self._view_file: tuple | None = None  # (inode, mtime, size) of the peers.json last read
         self._syncing: dict[str, tuple[Message, str, float]] = {}  # waiting for peers.json
         self.advised = 0
         # Batched rounds: request id -> (node id -> answer told, expiry), and node id ->
@@ -146,15 +147,26 @@ class Advisor(Service):
         self.sock = sock
 
     def _peers(self, now: float, fresh: bool = False) -> dict | None:
-        """peers.json, read at most once per PEERS_FILE_POLL unless ``fresh``."""
+        """peers.json, looked at at most once per PEERS_FILE_POLL unless ``fresh``, and parsed
+        again only when the agent replaced it since (a stat: while an advisor waits for the agent
+        to show a request it looks every VIEW_SYNC_POLL: a big file parsed that often was much of
+        the advisors' CPU while a hive of 100-200 hosts formed)."""
         if fresh or now - self._view_read >= timing.PEERS_FILE_POLL:
             self._view_read = now
+            try:
+                st = os.stat(self.config.peers_path)
+                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                stamp = None
+            if stamp is not None and stamp == self._view_file:
+                return self._view_data
             try:
                 data = state.read_json(self.config.peers_path)
             except (ValueError, OSError) as exc:
                 LOG.warning("Cannot read %s: %s", self.config.peers_path, exc)
                 data = None
             if isinstance(data, dict):
+                self._view_file = stamp
                 self._view_data = data
                 me = data.get("self")
                 if isinstance(me, dict) and isinstance(me.get("node_id"), str):

@@ -625,3 +625,24 @@ def test_a_forged_identify_is_still_refused(make_advisor, fake_sock):
                                                  T0 + 1, request="who_am_i"), b"not-the-secret")
     assert advisor.receive(*through_relay(data, "10.9.0.99"), T0 + 1) is None
     assert advisor.rejects.counts["bad signature"] == 1 and fake_sock.sent == []
+
+
+def test_peers_json_is_parsed_again_only_when_the_agent_replaced_it(make_advisor, config,
+                                                                     monkeypatch):
+    """While it waits for the agent to show a request the advisor looks at peers.json every
+    VIEW_SYNC_POLL: an unchanged file is not parsed again (a stat), a replaced one is."""
+    advisor = make_advisor()  # (it has read peers.json once already)
+    reads = []
+    real = state.read_json
+    monkeypatch.setattr(state, "read_json", lambda path: reads.append(path) or real(path))
+    first = advisor._peers(T0, fresh=True)
+    for k in range(20):
+        assert advisor._peers(T0 + k * timing.VIEW_SYNC_POLL, fresh=True) is first
+    assert reads == []
+    write_peers(config, [peer_entry(1)])  # the agent writes it anew (atomically)
+    assert [p["hostname"] for p in advisor._peers(T0 + 1, fresh=True)["peers"]] == ["build1"]
+    assert len(reads) == 1
+    config.peers_path.write_text("{not json")  # unreadable: the last good view, tried again
+    assert advisor._peers(T0 + 2, fresh=True)["peers"][0]["hostname"] == "build1"
+    write_peers(config, [peer_entry(1), peer_entry(2)])
+    assert len(advisor._peers(T0 + 3, fresh=True)["peers"]) == 2
