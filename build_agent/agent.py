@@ -273,17 +273,20 @@ class Agent(Service):
         return self._status_summary() != self._last_summary
 
     def _status_summary(self) -> tuple:
+        """What our STATUS says that others act on: (role, capacity, health, the queue: a
+        controller's, else None, capabilities)."""
         queue = self.tasks.queue_depth() if self.tasks.controller is not None else None
         return (self.role, self._capacity(), self._health(), queue, self.capabilities)
 
     def _heartbeat(self, state: str = "active", **more) -> None:
-        self._last_status, self._last_summary = self.now, self._status_summary()
-        queue = {"queue": self.tasks.queue_depth()} if self.tasks.controller is not None else {}
-        # A joiner says since when it joins: who hears it only so learns its place in the order.
-        since = {"joining_since": self.life.joining_since_text()} if self.identity is None else {}
-        self._broadcast("STATUS", role=self.role, state=state, load=self._load(),
-                        capacity=self._capacity(), health=self._health(),
-                        capabilities=self.capabilities, **queue, **since, **more)
+        summary = self._status_summary()
+        self._last_status, self._last_summary = self.now, summary
+        role, capacity, health, queue, capabilities = summary
+        extra = {"queue": queue} if queue is not None else {}
+        if self.identity is None:  # a joiner: who hears it only so learns its place in the order
+            extra["joining_since"] = self.life.joining_since_text()
+        self._broadcast("STATUS", role=role, state=state, load=self._load(), capacity=capacity,
+                        health=health, capabilities=capabilities, **extra, **more)
 
     # --- incoming ---------------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
@@ -309,7 +312,7 @@ class Agent(Service):
         if message.kind in PROBE_KINDS:
             self._handle_probe(message, source_ip, now)
         elif message.kind == "HELLO":
-            if not self._welcomes(message, now):
+            if not self._welcomes(message):
                 return
             members = len(self.membership.established()) + (1 if self.identity else 0)
             addresses = self.discovery.welcome_list(self._known_ips(), source_ip, now)
@@ -326,7 +329,7 @@ class Agent(Service):
                 self._hello_to([(ip, self.config.port) for ip in new])
             self.life.on_message(message)
 
-    def _welcomes(self, message: Message, now: float) -> bool:
+    def _welcomes(self, message: Message) -> bool:
         """Whether to answer a HELLO.  A member always does.  A node still joining answers only
         what the newcomer needs from it: that it is ahead in the join order (the newcomer must
         wait for it), once per join of the newcomer, unless the HELLO came by unicast (the

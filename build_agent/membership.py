@@ -144,8 +144,13 @@ class Joiner:
 
     @property
     def deadline(self) -> float:
-        """When it is no longer waited for, unless heard again."""
+        """When it is no longer waited for, unless heard again (see expired)."""
         return self.last_heard + timing.JOINING_PEER_TIMEOUT * self.pace
+
+    def expired(self, now: float) -> bool:
+        """Silent too long to be waited for (the deadline, compared as a span: no rounding of
+        last_heard + timeout makes it a hair early)."""
+        return now - self.last_heard >= timing.JOINING_PEER_TIMEOUT * self.pace
 
     @property
     def key(self) -> tuple[float, str]:
@@ -342,7 +347,7 @@ class Membership:
         spared = []  # a joiner a float's rounding keeps a moment longer (its test below)
         while True:
             due = self._due()
-            # (a microsecond early: the joiners' test is `now - last_heard >= timeout * pace`)
+            # (a microsecond early: a joiner's test is Joiner.expired)
             if due is None or now < due[0] - 1e-6:
                 break
             heapq.heappop(self._heap)
@@ -354,8 +359,7 @@ class Membership:
                     changed |= self.remove(
                         node_id, now, f"is dead: no heartbeat for {now - member.last_seen:.1f}s")
                     continue
-            elif now - self.joiners[node_id].last_heard \
-                    >= timing.JOINING_PEER_TIMEOUT * self.joiners[node_id].pace:
+            elif self.joiners[node_id].expired(now):
                 del self.joiners[node_id]
                 continue
             spared.append((due[0], key))
