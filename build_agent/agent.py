@@ -106,6 +106,10 @@ class Agent(Service):
         self._last_refute = float("-inf")
         self._probe_due = 0.0  # the prober's next deadline (nothing to do before it)
         self.peers_dirty = True
+        # peers.json: rewritten after a change, at most every peers_gap(); at once for an
+        # IDENTIFY (urgent: the advisor waits to see it), with everything else heard before it.
+        self.peers_urgent = False
+        self._peers_written = float("-inf")  # steady time of the last rewrite
         self._peers_writer = state.JsonListWriter("peers")  # (the unchanged entries' text kept)
         self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
         # The metrics file (metrics.py): on changes (at most every METRICS_MIN_GAP) and at
@@ -306,8 +310,8 @@ class Agent(Service):
         # away), so none is run for it (the loop's cost per datagram at 200 members).
         self.quiet = (not changed and message.kind in QUIET_KINDS and before is not None
                       and self.life.phase is Phase.OPERATE and before.settled() == settled)
-        if message.kind == "IDENTIFY":
-            self.peers_dirty = True  # the advisor waits for peers.json to show it (requests)
+        if message.kind == "IDENTIFY":  # the advisor waits for peers.json to show it (requests)
+            self.peers_dirty = self.peers_urgent = True
         self.prober.heard(message.node_id, now)  # every message is a sign of life
         if message.kind in PROBE_KINDS:
             self._handle_probe(message, source_ip, now)
@@ -484,8 +488,12 @@ class Agent(Service):
             self.discovery.registry.set_record(self._etcd_record(),
                                                joining=self.identity is None)
         if self.peers_dirty:
-            self.metrics_dirty = True
-            self._write_peers(now)
+            due = self._peers_written + self.peers_gap()
+            if self.peers_urgent or now >= due:
+                self.metrics_dirty = True
+                self._write_peers(now)
+            else:
+                deadlines.append(due)
         self.state_file.update(self.life.phase, self.identity, self.life.expected_advisors,
                                len(self.life.advice))
         deadlines.append(self._tick_metrics(now))
@@ -679,6 +687,11 @@ class Agent(Service):
         except OSError as exc:
             LOG.error("Cannot update %s: %s", self.config.identity_path, exc)
 
+    def peers_gap(self) -> float:
+        """The least time between two rewrites of peers.json (timing.PEERS_WRITE_GAP_*)."""
+        return min(timing.PEERS_WRITE_GAP_MAX,
+                   timing.PEERS_WRITE_GAP_PER_MEMBER * len(self.membership.members))
+
     def _write_peers(self, now: float) -> None:
         wall = self.clock()
         me = {"hostname": self.hostname, "primary_ip": self.iface.address, "role": self.role,
@@ -704,10 +717,10 @@ class Agent(Service):
         }
         try:
             self._peers_writer.write(self.config.peers_path, data)
-            self.peers_dirty = False
         except OSError as exc:
             LOG.error("Cannot write %s: %s", self.config.peers_path, exc)
-            self.peers_dirty = False
+        self.peers_dirty = self.peers_urgent = False
+        self._peers_written = now
 
     # --- metrics (metrics.py) -----------------------------------------------------------------
     def _count_member(self, node_id: str, before_role: str | None) -> None:

@@ -16,8 +16,9 @@ Phases (``Phase``):
             gives simultaneous joins the roles of one-after-another joins.  A joiner backing
             off (nobody could advise it) is not waited for.
   ask       broadcast IDENTIFY with a fresh request id; every established member's advisor
-            answers ADVICE.  Ends when every expected advisor answered, or at ADVICE_TIMEOUT; a
-            node ahead of us asking at the same moment sends us back to wait.
+            answers ADVICE; the retries go by unicast to the members whose advice is missing.
+            Ends when every expected advisor answered, or at ADVICE_TIMEOUT; a node ahead of
+            us asking at the same moment sends us back to wait.
             Batched rounds (mass joins): the asker lists in its IDENTIFY (``batch``) the joiners
             behind it in the join order, and the advisors advise all of them in this one round,
             in that order, each as if those before it had joined already.  A joiner that hears
@@ -290,11 +291,12 @@ class Lifecycle:
     def _tick_operate(self, now: float) -> float:
         return float("inf")
 
-    def _scheduled_sends(self, schedule: Sequence[float], now: float, send: Callable[[], Send]
-                         ) -> float:
+    def _scheduled_sends(self, schedule: Sequence[float], now: float,
+                         send: Callable[[], Send | list[Send]]) -> float:
         """Send what the schedule says is due; return when the next send is due."""
         while self.sent < len(schedule) and now >= self.phase_start + schedule[self.sent]:
-            self.outbox.append(send())
+            due = send()
+            self.outbox.extend(due if isinstance(due, list) else [due])
             self.sent += 1
             self.next_keepalive = now + timing.JOINING_KEEPALIVE
         if self.sent < len(schedule):
@@ -391,6 +393,21 @@ class Lifecycle:
                   "members": len(self.membership.established())}
         return Send("IDENTIFY", {**fields, "batch": batch} if batch else fields)
 
+    def _asker_sends(self, now: float) -> float:
+        """Asking: IDENTIFY by broadcast, then at IDENTIFY_SCHEDULE's later times again by
+        unicast, only to the established members whose advice is missing (advice counts only
+        from members we know).  Those that answered would only answer again: in a hive of 200,
+        each repeated broadcast woke all 200 agents and advisors and brought 200 more ADVICE."""
+        def sends() -> Send | list[Send]:
+            send = self._identify(self.batch)
+            if self.sent == 0:
+                return send
+            return [Send("IDENTIFY", send.fields, to=member.ip)
+                    for member in self.membership.established()
+                    if member.node_id not in self.advice
+                    and member.node_id not in self.round_members]
+        return self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, sends)
+
     def _follower_sends(self, now: float) -> float:
         """Following a round: ask again (same request id, no batch, ``batch_of`` the round's
         asker) at the last retry time, only the advisors whose advice is missing, by unicast
@@ -410,8 +427,7 @@ class Lifecycle:
 
     def _tick_ask(self, now: float) -> float:
         if self.round_head is None:
-            next_send = self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now,
-                                              lambda: self._identify(self.batch))
+            next_send = self._asker_sends(now)
             key = self._my_key()
         else:
             self.expected_advisors = max(1, len(self._round_advisors()))

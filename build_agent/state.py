@@ -2,6 +2,9 @@
 
 Every write is atomic: a temporary file in the same directory, fsync, then os.replace, so a
 reader (jq, the advisor, the CLI) sees the old file or the new one, never half of one.
+peers.json alone is not fsynced (``durable=False``): it is a live copy of what the agent knows,
+rewritten after every change of the hive and rebuilt from the hive after a crash, and at 200
+members 200 agents flushing it to one disk several times per join was most of a join's cost.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ IDENTITY_KEYS = ("role", "packages", "config", "assigned_by", "assigned_at")
 
 
 def write_text_atomic(path: Path | str, text: str, mode: int = 0o644,
-                      owner: tuple[int, int] | None = None) -> None:
+                      owner: tuple[int, int] | None = None, durable: bool = True) -> None:
     """Replace a file's content atomically: a temporary file beside it, fsync, os.replace.
 
-    ``owner`` (uid, gid) hands the new file to another user.  Mode and owner are set through the
+    ``durable=False`` skips the fsync (still atomic for readers; after a power loss the file
+    may be the old one).  ``owner`` (uid, gid) hands the new file to another user.  Mode and owner are set through the
     open file, never by name, so this is safe in a directory that user can write to.
     """
     path = Path(path)
@@ -38,7 +42,8 @@ def write_text_atomic(path: Path | str, text: str, mode: int = 0o644,
             if owner is not None:
                 os.fchown(handle.fileno(), *owner)
             os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -86,7 +91,8 @@ class JsonListWriter:
         return "{\n" + ",\n".join(parts) + "\n}\n" if parts else "{}\n"
 
     def write(self, path: Path | str, data: dict, mode: int = 0o644) -> None:
-        write_text_atomic(path, self.text(data), mode)
+        """Atomically, without fsync: the file is a live copy, rewritten often (see above)."""
+        write_text_atomic(path, self.text(data), mode, durable=False)
 
 
 def _nested(value: Any, level: int) -> str:

@@ -141,6 +141,13 @@ FLOOD_PAUSE = 0.002
 # Rejected datagrams are logged (debug) at most once per this period, with a count.
 REJECT_LOG_PERIOD = 60.0
 
+# peers.json is rewritten after a change of the hive at most once per PEERS_WRITE_GAP_PER_MEMBER
+# per member it lists (0.1 s at 50 members, 0.4 s at 200), at most PEERS_WRITE_GAP_MAX apart;
+# an IDENTIFY is written at once (the advisor waits to see it).  Each rewrite costs every member
+# O(members): without a gap, a join into a hive of 200 cost the hive ~5 rewrites per member.
+PEERS_WRITE_GAP_PER_MEMBER = 0.002
+PEERS_WRITE_GAP_MAX = 0.5
+
 # Re-read peers.json written by the local agent at most this often (advisor).
 PEERS_FILE_POLL = 1.0
 # `hive status --wait` (and install.sh through it) looks at the agent's state this often (s).
