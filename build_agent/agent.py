@@ -110,6 +110,10 @@ class Agent(Service):
         # IDENTIFY (urgent: the advisor waits to see it), with everything else heard before it.
         self.peers_urgent = False
         self._peers_written = float("-inf")  # steady time of the last rewrite
+        # IDENTIFY for the advisor, handed over once peers.json shows them: it answers from the
+        # file at once, rather than look for the request every VIEW_SYNC_POLL until it does
+        # (200 advisors polling for each join were most of a join's advisor cost at 200).
+        self._relays: list[tuple[Message, str]] = []
         self._peers_writer = state.JsonListWriter("peers")  # (the unchanged entries' text kept)
         self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
         # The metrics file (metrics.py): on changes (at most every METRICS_MIN_GAP) and at
@@ -296,8 +300,10 @@ class Agent(Service):
     def handle(self, message: Message, source_ip: str, now: float) -> None:
         self.now = now
         self.discovery.heard(source_ip, now)
-        if message.kind == "IDENTIFY":
-            self._relay(message, source_ip)  # the advisor hears nothing else
+        asks_me = message.kind == "IDENTIFY" and self.node_id in (message.get("advisors")
+                                                                    or [self.node_id])
+        if asks_me:  # the advisor hears nothing else (handed over by tick)
+            self._relays.append((message, source_ip))
         before = self.membership.members.get(message.node_id)
         before_role = before.role if before is not None else None
         settled = before.settled() if before is not None else None
@@ -310,8 +316,9 @@ class Agent(Service):
         # away), so none is run for it (the loop's cost per datagram at 200 members).
         self.quiet = (not changed and message.kind in QUIET_KINDS and before is not None
                       and self.life.phase is Phase.OPERATE and before.settled() == settled)
-        if message.kind == "IDENTIFY":  # the advisor waits for peers.json to show it (requests)
-            self.peers_dirty = self.peers_urgent = True
+        if message.kind == "IDENTIFY":  # (requests) the advisor waits to see it, if asked
+            self.peers_dirty = True
+            self.peers_urgent = self.peers_urgent or asks_me
         self.prober.heard(message.node_id, now)  # every message is a sign of life
         if message.kind in PROBE_KINDS:
             self._handle_probe(message, source_ip, now)
@@ -494,6 +501,9 @@ class Agent(Service):
                 self._write_peers(now)
             else:
                 deadlines.append(due)
+        for message, source_ip in self._relays:
+            self._relay(message, source_ip)
+        self._relays.clear()
         self.state_file.update(self.life.phase, self.identity, self.life.expected_advisors,
                                len(self.life.advice))
         deadlines.append(self._tick_metrics(now))

@@ -44,6 +44,7 @@ advice may not have counted it: we ask again (a move ends, a founder discovers a
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from typing import Callable, Protocol, Sequence
 
 from . import consensus, timing
 from .membership import Membership, join_order_key
-from .protocol import MAX_BATCH, Message, ProtocolError, format_ts, parse_ts
+from .protocol import MAX_ADVISORS, MAX_BATCH, Message, ProtocolError, format_ts, parse_ts
 
 LOG = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class Lifecycle:
         # only the advisors that were members when it began following (round_advisors).
         self.round_members: set[str] = set()
         self.round_advisors: set[str] = set()
+        self.asked: list[str] = []  # asking: the members asked, if not all (_choose_advisors)
         self._start_at_tick = False
         self._now = 0.0  # the steady time of the current tick
 
@@ -182,17 +184,23 @@ class Lifecycle:
         head_key = join_order_key(since, message.node_id)
         if head_key >= self._my_key():
             return  # it is behind us: it should wait for us, not ask for us
+        advisors = message.get("advisors") or []
         if self.phase is Phase.ASK and request_id == self.request_id:
             # The round we follow already (its ADVICE came first): now we know who is in it.
             self.round_members.update(batch)
             self.round_advisors.difference_update(batch)
+            if advisors:
+                self.round_advisors.intersection_update(advisors)
             return
         if self.phase is Phase.ASK and head_key >= (self.round_key or self._my_key()):
             return  # a round behind the one we are in
-        self._follow(request_id, message.node_id, message.hostname, head_key, batch)
+        self._follow(request_id, message.node_id, message.hostname, head_key, batch, advisors)
 
     def _follow(self, request_id: str, head_id: str, head_name: str,
-                head_key: tuple[float, str] | None, batch: list[str]) -> None:
+                head_key: tuple[float, str] | None, batch: list[str],
+                advisors: list[str] = ()) -> None:
+        """Follow the round of ``head_id``, which lists us in its ``batch``; its ``advisors``
+        (if it asked only those) are the ones we wait for."""
         if self.phase is Phase.ASK and self.round_head is None and self.batch:
             LOG.info("%s asks for me in its round: following it", head_name)
         # (Messages come without the time: the round's clock starts at the next tick, which
@@ -202,7 +210,8 @@ class Lifecycle:
         self.advice = {}
         self.request_id = request_id
         self.round_head, self.round_key, self.batch = head_id, head_key, []
-        self.round_members = {head_id, *batch}
+        self.round_members, self.asked = {head_id, *batch}, []
+        self.round_advisors = set(advisors)
         self.round_advisors = {m.node_id for m in self._round_advisors()}
         self.expected_advisors = max(1, len(self._round_advisors()))
         LOG.info("Asking peers for role assignment in the round of %s%s...", head_name,
@@ -353,21 +362,36 @@ class Lifecycle:
         LOG.info("Discovered %d peer(s)", len(members))
         LOG.info("Asking peers for role assignment...")
         self._begin_asking(now, Phase.ASK, len(members))
+        self.asked = self._choose_advisors(members)
+        if self.asked:
+            LOG.info("Asking %d of them, chosen for this round", len(self.asked))
+            self.expected_advisors = len(self.asked)
         if self.batching:
-            self.batch = self._batch(self.membership.joiners_behind(self._my_key()))
+            self.batch = self._batch(self.membership.joiners_behind(self._my_key()),
+                                     BATCH_CHARS - sum(len(n) + 3 for n in self.asked))
             if self.batch:
                 LOG.info("Asking for %d joining node(s) behind me in the same round",
                          len(self.batch))
                 self.round_members = set(self.batch)
         return self._tick_ask(now)
 
+    def _choose_advisors(self, members: list) -> list[str]:
+        """The members asked in this round (protocol.MAX_ADVISORS of them, by a hash of the
+        round's request id: another set each round, so a few silent advisors cannot hold a
+        node back for good); [] asks them all (a hive of up to MAX_ADVISORS)."""
+        if len(members) <= MAX_ADVISORS:
+            return []
+        def rank(member) -> bytes:
+            return hashlib.sha256(f"{self.request_id}/{member.node_id}".encode()).digest()
+        return [m.node_id for m in sorted(members, key=rank)[:MAX_ADVISORS]]
+
     @staticmethod
-    def _batch(behind: list) -> list[str]:
+    def _batch(behind: list, room: int = BATCH_CHARS) -> list[str]:
         """The node ids of the joiners to take along, in order, within the datagram's room."""
         ids, size = [], 0
         for joiner in behind[:MAX_BATCH]:
             size += len(joiner.node_id) + 3
-            if size > BATCH_CHARS:
+            if size > room:
                 break
             ids.append(joiner.node_id)
         return ids
@@ -381,6 +405,7 @@ class Lifecycle:
         self.advice = {}
         self.request_id = os.urandom(8).hex()  # advice for another round never counts here
         self.expected_advisors = advisors
+        self.asked = []  # the members asked, if not all (_choose_advisors)
         self._end_round()
 
     def _tick_wait(self, now: float) -> float:
@@ -391,6 +416,8 @@ class Lifecycle:
                   "capabilities": self.capabilities, "attempt": self.sent,
                   "joining_since": self.joining_since_text(),
                   "members": len(self.membership.established())}
+        if self.asked and self.round_head is None:
+            fields["advisors"] = self.asked
         return Send("IDENTIFY", {**fields, "batch": batch} if batch else fields)
 
     def _asker_sends(self, now: float) -> float:
@@ -405,7 +432,8 @@ class Lifecycle:
             return [Send("IDENTIFY", send.fields, to=member.ip)
                     for member in self.membership.established()
                     if member.node_id not in self.advice
-                    and member.node_id not in self.round_members]
+                    and member.node_id not in self.round_members
+                    and (not self.asked or member.node_id in self.asked)]
         return self._scheduled_sends(timing.IDENTIFY_SCHEDULE, now, sends)
 
     def _follower_sends(self, now: float) -> float:

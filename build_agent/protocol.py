@@ -189,6 +189,12 @@ def _object(max_json: int) -> Validator:
 # sender, in the agreed order.  At most MAX_BATCH ids, so the IDENTIFY fits in one datagram.
 MAX_BATCH = 100
 
+# A join round asks at most MAX_ADVISORS members' advisors (IDENTIFY ``advisors``), chosen
+# afresh for each round; in a hive of up to MAX_ADVISORS members, all of them.  Advisors share
+# one view and one policy, so 16 agree as 200 would: 200 answers to each joiner cost every
+# member of a 200-host hive a view rewrite and an advice per join, and swamped the joiner.
+MAX_ADVISORS = 16
+
 
 def _node_ids(limit: int) -> Validator:
     def check(value: Any) -> Any:
@@ -307,6 +313,7 @@ KIND_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("batch", _node_ids(MAX_BATCH), False),  # joiners advised after the sender, in order
         ("batch_of", _text(64, NODE_ID_RE), False),  # a joiner of that asker's batch, again
         ("members", _number(0, 1_000_000, integer=True), False),  # members the asker knows
+        ("advisors", _node_ids(MAX_ADVISORS), False),  # the members asked (default: all)
     ),
     "ADVICE": (
         ("to", _text(64, NODE_ID_RE), False),

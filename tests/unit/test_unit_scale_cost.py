@@ -1,5 +1,9 @@
 """What a join costs every member of a big hive: fewer IDENTIFY, fewer peers.json rewrites.
 
+- A join round asks at most protocol.MAX_ADVISORS (16) members' advisors, chosen afresh for
+  each round (IDENTIFY ``advisors``); a member not asked does not hand the IDENTIFY to its
+  advisor nor rewrite peers.json for it at once; a joiner following another's round waits
+  for that round's advisors.
 - An asker's IDENTIFY retries go by unicast, only to the members whose advice is missing (a
   broadcast retry woke every agent and advisor of the hive and brought every ADVICE again).
 - peers.json is rewritten after a change at most every ``Agent.peers_gap()`` (2 ms per member,
@@ -11,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 
-from build_agent import state, timing
-from hive_fakes import T0
+from build_agent import protocol, state, timing
+from hive_fakes import SECRET, T0
 from test_unit_agent import (EPS, ME, advice_fields, deliver, make_agent, run_until,  # noqa: F401
                              sent, step)
 from test_unit_status_cost import _operating, _peer, _status_round
@@ -109,3 +114,126 @@ def test_peers_json_is_not_fsynced_and_identity_json_is(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     state.write_json_atomic(tmp_path / "identity.json", {"role": "runner"})
     assert len(flushed) == 1
+
+
+def test_an_identify_is_handed_to_the_advisor_once_peers_json_shows_it(make_agent, config,
+                                                                       monkeypatch):
+    agent = _operating(make_agent, config)
+    _status_round(agent, 50, T0 + 0.5, 0.5)
+    step(agent, agent.clock, T0 + 1.1)  # written just now: the next change waits for the gap
+    shown = []
+    monkeypatch.setattr(agent, "_relay", lambda message, source_ip: shown.append(
+        (message.node_id, source_ip, _written(config)["requests"])))
+    deliver(agent, "IDENTIFY", "ffff-new", "newbie", "10.9.9.9", T0 + 1.11,
+            request="who_am_i", request_id="00112233aabbccdd", capabilities={})
+    assert shown == []  # not from handle(): the file does not show it yet
+    step(agent, agent.clock, T0 + 1.11)
+    [(node_id, source_ip, requests)] = shown
+    assert (node_id, source_ip) == ("ffff-new", "10.9.9.9")
+    assert "00112233aabbccdd" in json.dumps(requests)
+
+
+def _advise(agent, i: int, request_id: str, now: float) -> None:
+    node_id, hostname, ip = _near(i)
+    deliver(agent, "ADVICE", node_id, hostname, ip, now, request_id=request_id,
+            **advice_fields(role="runner"))
+
+
+def test_a_join_into_a_big_hive_asks_16_members_chosen_for_the_round(make_agent, clock,
+                                                                     fake_sock, config):
+    agent = make_agent()
+    ask_start = _welcomed_by(agent, clock, 40)
+    [(identify, to)] = sent(fake_sock, "IDENTIFY")
+    asked = identify.get("advisors")
+    members = {_near(i)[0]: i for i in range(40)}
+    assert to == ("10.9.0.255", 50555) and len(asked) == protocol.MAX_ADVISORS == 16
+    assert set(asked) <= set(members) and len(set(asked)) == 16
+    assert agent.life.expected_advisors == 16
+    # The retry goes to the asked ones that are silent, and only to them.
+    for node_id in asked[:10]:
+        _advise(agent, members[node_id], identify.get("request_id"), ask_start + 0.1)
+    fake_sock.clear()
+    run_until(agent, clock, ask_start + timing.IDENTIFY_SCHEDULE[1] + EPS)
+    assert sorted(to for _, to in sent(fake_sock, "IDENTIFY")) == sorted(
+        (_near(members[n])[2], 50555) for n in asked[10:])
+    # Once the 16 answered, it decides: no waiting for the 24 others.
+    for node_id in asked[10:]:
+        _advise(agent, members[node_id], identify.get("request_id"), clock.now + 0.01)
+    step(agent, clock, clock.now + 0.01)
+    assert agent.role == "runner" and clock.now < ask_start + timing.ADVICE_TIMEOUT
+    assert sorted(agent.identity["assigned_by"]) == sorted(_near(members[n])[1] for n in asked)
+
+
+def test_another_round_asks_another_set_and_a_small_hive_is_asked_whole(make_agent, clock,
+                                                                        fake_sock):
+    agent = make_agent()
+    _welcomed_by(agent, clock, 40)
+    first = sent(fake_sock, "IDENTIFY")[0][0].get("advisors")
+    agent.life._begin_asking(clock.now, agent.life.phase, 40)
+    again = agent.life._choose_advisors(agent.membership.established())
+    assert len(again) == 16 and set(again) != set(first)
+    assert agent.life._choose_advisors(agent.membership.established()[:16]) == []
+
+
+def test_a_member_not_asked_leaves_the_identify_to_the_others(make_agent, config, monkeypatch):
+    agent = _operating(make_agent, config)
+    _status_round(agent, 50, T0 + 0.5, 0.5)
+    step(agent, agent.clock, T0 + 1.1)  # peers.json written just now
+    handed = []
+    monkeypatch.setattr(agent, "_relay", lambda message, source_ip: handed.append(
+        message.get("request_id")))
+    others = [_peer(i)[0] for i in range(16)]
+    deliver(agent, "IDENTIFY", "ffff-new", "newbie", "10.9.9.9", T0 + 1.11, request="who_am_i",
+            request_id="aaaaaaaaaaaaaaaa", capabilities={}, advisors=others)
+    step(agent, agent.clock, T0 + 1.11)
+    assert handed == [] and "aaaaaaaaaaaaaaaa" not in json.dumps(_written(config)["requests"])
+    deliver(agent, "IDENTIFY", "ffff-new", "newbie", "10.9.9.9", T0 + 1.12, request="who_am_i",
+            request_id="bbbbbbbbbbbbbbbb", capabilities={}, advisors=others[:15] + [ME])
+    step(agent, agent.clock, T0 + 1.12)
+    assert handed == ["bbbbbbbbbbbbbbbb"]
+    assert "bbbbbbbbbbbbbbbb" in json.dumps(_written(config)["requests"])
+
+
+def test_a_follower_waits_for_the_advisors_its_round_asked(make_agent, clock, fake_sock):
+    agent = make_agent()
+    _welcomed_by(agent, clock, 40)  # (it asks itself meanwhile: the round ahead takes over)
+    deliver(agent, "HELLO", "bbbb-2", "build2", "10.9.0.12", clock.now,
+            joining_since=protocol.format_ts(T0 - 1), candidate_ip=None)
+    asked = [_near(i)[0] for i in range(3, 19)]
+    deliver(agent, "IDENTIFY", "bbbb-2", "build2", "10.9.0.12", clock.now + 0.01,
+            request="who_am_i", request_id="0123456789abcdef",
+            joining_since=protocol.format_ts(T0 - 1), batch=[ME], advisors=asked)
+    step(agent, clock, clock.now + 0.02)
+    assert agent.life.round_head == "bbbb-2" and agent.life.expected_advisors == 16
+    for i in range(3, 19):
+        _advise(agent, i, "0123456789abcdef", clock.now + 0.01)
+    step(agent, clock, clock.now + 0.02)
+    assert agent.role == "runner"
+
+
+def test_an_identify_with_malformed_advisors_is_dropped():
+    for advisors in ([], ["x"] * 2, [f"n{i}" for i in range(protocol.MAX_ADVISORS + 1)]):
+        payload = protocol.make_payload("IDENTIFY", "ffff-new", "newbie", "10.9.9.9", T0,
+                                        request="who_am_i", advisors=advisors)
+        try:
+            protocol.validate(payload)
+        except protocol.ProtocolError as exc:
+            assert "advisors" in str(exc) or "node ids" in str(exc)
+        else:
+            raise AssertionError(f"accepted {advisors!r}")
+
+
+def test_a_round_with_chosen_advisors_and_the_longest_batch_fits_in_one_datagram():
+    from types import SimpleNamespace
+    from build_agent.lifecycle import BATCH_CHARS, Lifecycle
+    advisors = [str(uuid.uuid4()) for _ in range(protocol.MAX_ADVISORS)]
+    behind = [SimpleNamespace(node_id=str(uuid.uuid4())) for _ in range(protocol.MAX_BATCH)]
+    batch = Lifecycle._batch(behind, BATCH_CHARS - sum(len(n) + 3 for n in advisors))
+    assert len(batch) >= 80
+    payload = protocol.make_payload(
+        "IDENTIFY", str(uuid.uuid4()), "h" * 253, "10.9.0.99", T0, request="who_am_i",
+        request_id="0123456789abcdef", candidate_ip=None, attempt=0, members=199,
+        joining_since=protocol.format_ts(T0), batch=batch, advisors=advisors,
+        capabilities={"cpu_cores": 64, "ram_gb": 512.0, "has_gpu": True, "arch": "x" * 32,
+                      "os": "o" * 64, "docker_installed": True})
+    assert len(protocol.encode(payload, SECRET)) <= protocol.MAX_DATAGRAM

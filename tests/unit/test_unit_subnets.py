@@ -113,6 +113,7 @@ def test_every_identify_the_agent_accepts_is_handed_to_the_advisor_once_as_it_ca
         asked.append(deliver(agent, "IDENTIFY", f"cccc-{n}", f"build{n + 30}",
                              f"10.9.0.{n + 30}" if n < 2 else FAR, T0 + 3 + n,
                              request="who_am_i", request_id=f"r{n}"))
+        step(agent, clock, T0 + 3 + n)  # (handed over by the tick, once peers.json shows it)
     handed = fake_sock.handed_over()
     assert [(m.node_id, ip) for m, ip, _ in handed] == \
         [("cccc-0", "10.9.0.30"), ("cccc-1", "10.9.0.31"), ("cccc-2", FAR)]
@@ -141,6 +142,7 @@ def test_every_identify_the_agent_accepts_is_handed_to_the_advisor_once_as_it_ca
     own = protocol.encode(protocol.make_payload("IDENTIFY", ME, agent.hostname, "10.9.0.2",
                                                 T0 + 9, request="who_am_i"), SECRET)
     assert agent.receive(own, ("10.9.0.2", 50555), T0 + 9) is None
+    step(agent, clock, T0 + 9)
     assert fake_sock.handed_over() == []
 
 
