@@ -1,6 +1,6 @@
 """Measure a mass join by hand (not a test): N joiners started together into a live hive of B.
 
-    sudo python3 tests/data/mass_join.py B N [--hold] [--policy FILE]
+    sudo python3 tests/data/mass_join.py B N [--hold] [--policy FILE] [--keep-logs DIR]
 
 Builds a hive-lab lab 'mj' on 10.77.249.0/24 (B hosts joined one after another, N more), starts
 the joiners' advisors first, then the N agents back to back (as scripts/hive-bench does), and
@@ -123,6 +123,12 @@ def main() -> None:
         print(f"rounds of their own {own}; joiners advised in another's round {followed}; "
               f"load {os.getloadavg()}")
     finally:
+        if "--keep-logs" in args:  # copy every host's logs before the lab goes
+            keep = Path(args[args.index("--keep-logs") + 1])
+            for d in lab.dir.glob("h*"):
+                for f in d.glob("*.log"):
+                    (keep / d.name).mkdir(parents=True, exist_ok=True)
+                    (keep / d.name / f.name).write_bytes(f.read_bytes())
         for p in procs:
             p.kill()
         for p in procs:
