@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import time
 from typing import Callable, Sequence
@@ -104,6 +105,7 @@ class Agent(Service):
         self.prober = probe.Prober(node_id, config.probe_interval)
         self.incarnation: str | None = None  # set by the first refutation (else: started)
         self._last_refute = float("-inf")
+        self._suspected_by: dict[str, float] = {}  # prober -> when its last SUSPECT came
         self._probe_due = 0.0  # the prober's next deadline (nothing to do before it)
         self.peers_dirty = True
         # peers.json: rewritten after a change, at most every peers_gap(); at once for an
@@ -263,10 +265,14 @@ class Agent(Service):
     def status_interval(self) -> float:
         """How often this node's routine STATUS goes out (the ``interval`` it states; others
         judge its silence by it): every heartbeat interval, or every STATUS_INTERVALS_PROBED of
-        them while it takes part in probing (probes, not heartbeats, notice its death then)."""
-        if self.prober.enabled:
-            return self.config.heartbeat_interval * timing.STATUS_INTERVALS_PROBED
-        return self.config.heartbeat_interval
+        them while it takes part in probing (probes, not heartbeats, notice its death then),
+        more beyond STATUS_STRETCH_MEMBERS members (at most STATUS_INTERVALS_MAX)."""
+        if not self.prober.enabled:
+            return self.config.heartbeat_interval
+        stretch = math.ceil(timing.STATUS_INTERVALS_PROBED * len(self.membership.members)
+                            / timing.STATUS_STRETCH_MEMBERS)
+        return self.config.heartbeat_interval * min(
+            timing.STATUS_INTERVALS_MAX, max(timing.STATUS_INTERVALS_PROBED, stretch))
 
     def _status_at_once(self, now: float) -> None:
         """A STATUS at the tick at ``now``, whatever status_interval says."""
@@ -286,15 +292,21 @@ class Agent(Service):
         queue = self.tasks.queue_depth() if self.tasks.controller is not None else None
         return (self.role, self._capacity(), self._health(), queue, self.capabilities)
 
-    def _heartbeat(self, state: str = "active", **more) -> None:
+    def _heartbeat(self, state: str = "active", to: str | None = None, **more) -> None:
+        """STATUS to everyone (a heartbeat: recorded for the cadence), or to ``to`` alone."""
         summary = self._status_summary()
-        self._last_status, self._last_summary = self.now, summary
+        if to is None:
+            self._last_status, self._last_summary = self.now, summary
         role, capacity, health, queue, capabilities = summary
         extra = {"queue": queue} if queue is not None else {}
         if self.identity is None:  # a joiner: who hears it only so learns its place in the order
             extra["joining_since"] = self.life.joining_since_text()
-        self._broadcast("STATUS", role=role, state=state, load=self._load(), capacity=capacity,
-                        health=health, capabilities=capabilities, **extra, **more)
+        fields = dict(role=role, state=state, load=self._load(), capacity=capacity,
+                      health=health, capabilities=capabilities, **extra, **more)
+        if to is None:
+            self._broadcast("STATUS", **fields)
+        else:
+            self._reply("STATUS", to, **fields)
 
     # --- incoming ---------------------------------------------------------------------------
     def handle(self, message: Message, source_ip: str, now: float) -> None:
@@ -376,7 +388,7 @@ class Agent(Service):
             outs = self.prober.on_pong(message.node_id, get("seq"), get("target"),
                                        get("ok") is not False, now)
         elif message.kind == "SUSPECT":
-            self._refute(message, now)
+            self._refute(message, now, source_ip)
             return
         else:  # DEAD
             if get("target") == self.node_id:
@@ -396,10 +408,27 @@ class Agent(Service):
             else:
                 self._reply(out.kind, out.ip, **out.fields)
 
-    def _refute(self, message: Message, now: float) -> None:
+    def _refute(self, message: Message, now: float, source_ip: str | None = None) -> None:
         """A SUSPECT or DEAD about this node: say at once, to everyone, that it is alive (a
-        STATUS with a new incarnation: a DEAD about the old one is refused by who hears it)."""
-        if self.identity is None or now - self._last_refute < timing.REFUTE_MIN_GAP:
+        STATUS with a new incarnation: a DEAD about the old one is refused by who hears it).
+        A prober's first SUSPECT is answered by a STATUS to it alone: it is the only one that
+        suspects us (SUSPECT goes to the suspect only), and any sign of life ends its suspicion.
+        Its second SUSPECT (a failed round again: our answer was lost, or it cannot hear us)
+        gets the STATUS to everyone, one round before it could declare us dead.  (In a hive of
+        200 on a loaded machine, every suspicion answered by a broadcast fed the load.)"""
+        if self.identity is None:
+            return
+        if message.kind == "SUSPECT" and source_ip is not None:
+            accuser = message.node_id
+            before = self._suspected_by.get(accuser)
+            if len(self._suspected_by) >= 256:
+                self._suspected_by.clear()
+            self._suspected_by[accuser] = now
+            if before is None or now - before > self._refutation_window(accuser):
+                self._heartbeat(self.life.status_state, to=source_ip)
+                LOG.info("%s suspects this node: telling it that it is alive", message.hostname)
+                return
+        if now - self._last_refute < timing.REFUTE_MIN_GAP:
             return
         self._last_refute = now
         self.incarnation = self.prober.incarnation = format_ts(self.stamp())

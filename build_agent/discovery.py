@@ -135,7 +135,8 @@ class Discovery:
         self._subnet_cache: dict[str, bool] = {}
         self.port = config.port
         self.group = config.multicast_group if "multicast" in self.methods else None
-        self.window = timing.GROUP_HEARD_INTERVALS * config.heartbeat_interval
+        self.window = timing.GROUP_HEARD_INTERVALS * timing.STATUS_INTERVALS_MAX \
+            * config.heartbeat_interval
         self.registry = registry  # etcd.Registry, with "etcd"
         self.seeds = seeds if seeds is not None else SeedResolver(
             config.seeds if "seeds" in self.methods else (), config.port)

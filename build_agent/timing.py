@@ -57,6 +57,12 @@ DEAD_AFTER_INTERVALS_PROBED = 6
 # that changes beyond its load.  Every node hears every member's STATUS: at 50 members 5 a
 # second at 10 s, 1.7 at 30 s, which is most of an idle node's CPU and wire cost.
 STATUS_INTERVALS_PROBED = 3
+# ... and beyond STATUS_STRETCH_MEMBERS members, that many more in proportion, at most
+# STATUS_INTERVALS_MAX (200 members: 6 intervals, 60 s; from 300: 90 s), so what a node hears
+# at rest stops growing with the hive: 200 members every 30 s were 6.7 STATUS a second at every
+# node, most of its CPU at rest.
+STATUS_STRETCH_MEMBERS = 100
+STATUS_INTERVALS_MAX = 9
 # A sender that states no interval (a node of the reference scripts: HEARTBEAT, no
 # ``interval``) heartbeats about every 32 s: it is given this interval, not ours.
 REFERENCE_INTERVAL = 32.0
@@ -210,8 +216,10 @@ CONTROL_IDLE_TIMEOUT = 10.0
 
 # Discovery beyond one broadcast domain (build_agent.discovery, build_agent.etcd).
 # A node heard on a broadcast or multicast socket (a method we send by too) within this many of
-# our heartbeat intervals is reached that way; every other node we know gets the messages meant
-# for everyone by unicast.
+# the longest routine STATUS intervals (STATUS_INTERVALS_MAX heartbeats) is reached that way;
+# every other node we know gets the messages meant for everyone by unicast.  (Counted in our
+# heartbeat intervals only, 30 s, a member whose STATUS comes every 30 s or more fell out of it
+# now and then, and was sent unicast copies of every broadcast.)
 GROUP_HEARD_INTERVALS = 3
 # An address learned from a WELCOME's list or from etcd is tried for this long without an answer.
 LEARNED_ADDRESS_TTL = 30.0

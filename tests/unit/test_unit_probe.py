@@ -337,8 +337,20 @@ def test_a_suspected_member_refutes_and_an_old_dead_is_then_refused(tmp_path, cl
     target = hive.nodes["build3"]
     accuser = hive.nodes["build2"]  # node-build2 probes node-build3 (its ring successor)
     old = accuser.agent.membership.members[target.node_id].incarnation
+    # A first SUSPECT: a STATUS to the accuser alone (a sign of life), no new incarnation.
+    statuses = []
+    real = target.agent._reply
+    target.agent._reply = lambda kind, ip, **f: (statuses.append((kind, ip)), real(kind, ip, **f))
     accuser.agent._send_probes([probe.Out("SUSPECT", target.ip, {
         "to": target.node_id, "incarnation": probe.format_ts(old)})])
+    hive.run(clock.now + 0.1)
+    assert ("STATUS", accuser.ip) in statuses and target.agent.incarnation is None
+    assert "build2 suspects this node: telling it that it is alive" in caplog.text
+    assert hive.nodes["build4"].agent.membership.members[target.node_id].incarnation == old
+    # A second one within the accuser's failed rounds: the STATUS to everyone, a new incarnation.
+    accuser.agent._send_probes([probe.Out("SUSPECT", target.ip, {
+        "to": target.node_id, "incarnation": probe.format_ts(old)})])
+    hive.run(clock.now + 0.1)  # (the sim ticks the target at the end: its STATUS goes then)
     hive.run(clock.now + 0.1)
     assert target.agent.incarnation is not None
     assert "says this node is suspected: telling the hive it is alive" in caplog.text

@@ -237,3 +237,27 @@ def test_a_round_with_chosen_advisors_and_the_longest_batch_fits_in_one_datagram
         capabilities={"cpu_cores": 64, "ram_gb": 512.0, "has_gpu": True, "arch": "x" * 32,
                       "os": "o" * 64, "docker_installed": True})
     assert len(protocol.encode(payload, SECRET)) <= protocol.MAX_DATAGRAM
+
+
+def test_the_routine_status_slows_down_beyond_100_members(make_agent, config, fake_sock):
+    agent = _operating(make_agent, config)
+    _status_round(agent, 50, T0 + 0.5, 0.5)
+    assert agent.status_interval == 3 * config.heartbeat_interval
+    _status_round(agent, 200, T0 + 1.5, 0.5)
+    assert len(agent.membership.members) == 200
+    assert agent.status_interval == 6 * config.heartbeat_interval  # 3 * 200 / 100
+    fake_sock.clear()
+    sent_at = []
+    for k in range(1, 13):
+        now = T0 + 2 + k * config.heartbeat_interval
+        for i in range(200):  # the members keep talking (nobody expires)
+            node_id, hostname, ip = _peer(i)
+            deliver(agent, "STATUS", node_id, hostname, ip, now - 0.5, role="runner",
+                    state="active", interval=60.0)
+        before = len([m for m, _ in fake_sock.messages() if m.kind == "STATUS"])
+        step(agent, agent.clock, now)
+        statuses = [m for m, _ in fake_sock.messages() if m.kind == "STATUS"]
+        if len(statuses) > before:
+            sent_at.append(k)
+            assert statuses[-1].get("interval") == 60.0
+    assert len(sent_at) == 2 and sent_at[1] - sent_at[0] == 6, sent_at
