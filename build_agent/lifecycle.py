@@ -43,6 +43,7 @@ advice may not have counted it: we ask again (a move ends, a founder discovers a
 
 from __future__ import annotations
 
+import collections
 import enum
 import hashlib
 import logging
@@ -138,6 +139,7 @@ class Lifecycle:
         self.round_members: set[str] = set()
         self.round_advisors: set[str] = set()
         self.asked: list[str] = []  # asking: the members asked, if not all (_choose_advisors)
+        self.round_subset = False  # following: the round asked only round_advisors
         self._start_at_tick = False
         self._now = 0.0  # the steady time of the current tick
 
@@ -191,6 +193,7 @@ class Lifecycle:
             self.round_advisors.difference_update(batch)
             if advisors:
                 self.round_advisors.intersection_update(advisors)
+                self.round_subset = True
             return
         if self.phase is Phase.ASK and head_key >= (self.round_key or self._my_key()):
             return  # a round behind the one we are in
@@ -211,7 +214,7 @@ class Lifecycle:
         self.request_id = request_id
         self.round_head, self.round_key, self.batch = head_id, head_key, []
         self.round_members, self.asked = {head_id, *batch}, []
-        self.round_advisors = set(advisors)
+        self.round_advisors, self.round_subset = set(advisors), bool(advisors)
         self.round_advisors = {m.node_id for m in self._round_advisors()}
         self.expected_advisors = max(1, len(self._round_advisors()))
         LOG.info("Asking peers for role assignment in the round of %s%s...", head_name,
@@ -399,6 +402,7 @@ class Lifecycle:
     def _end_round(self) -> None:
         self.batch, self.round_head, self.round_key = [], None, None
         self.round_members, self.round_advisors = set(), set()
+        self.round_subset = False
 
     def _begin_asking(self, now: float, phase: Phase, advisors: int) -> None:
         self.phase, self.phase_start, self.sent = phase, now, 0
@@ -419,6 +423,18 @@ class Lifecycle:
         if self.asked and self.round_head is None:
             fields["advisors"] = self.asked
         return Send("IDENTIFY", {**fields, "batch": batch} if batch else fields)
+
+    def _majority_of_asked(self) -> bool:
+        """When only some members were asked (``advisors``: ours, or our round's): more than
+        half of them agreeing on a role decides it (no later answer can change the winner), so
+        the slowest of 16 busy advisors does not set the join time.  A hive of up to 16 still
+        waits for every advisor."""
+        asked = len(self.asked) if self.round_head is None else \
+            (len(self.round_advisors) if self.round_subset else 0)
+        if not asked or not self.advice:
+            return False
+        votes = collections.Counter(a.role for a in self.advice.values())
+        return max(votes.values()) * 2 > asked
 
     def _asker_sends(self, now: float) -> float:
         """Asking: IDENTIFY by broadcast, then at IDENTIFY_SCHEDULE's later times again by
@@ -474,7 +490,7 @@ class Lifecycle:
             self._end_round()
             self._status("joining")  # tell the others we stopped asking: nobody waits for us
             return now
-        if len(self.advice) >= self.expected_advisors:
+        if len(self.advice) >= self.expected_advisors or self._majority_of_asked():
             self._decide()
             return now
         if now - self.phase_start >= timing.ADVICE_TIMEOUT:

@@ -2,8 +2,8 @@
 hosts (network namespaces, scripts/hive-lab).
 
 In a hive of more than 16 members a joiner asks 16 of them, chosen for its round (IDENTIFY
-``advisors``): those 16 advisors answer it, the others' advisors do not even wake, and the roles
-are still those of one-after-another joins."""
+``advisors``): those 16 advisors answer it, it decides once more than half agree, the others'
+advisors do not even wake, and the roles are still those of one-after-another joins."""
 
 from __future__ import annotations
 
@@ -35,9 +35,11 @@ def test_a_join_into_a_big_hive_is_advised_by_16_chosen_members(make_lab):
     assert f"Asking {ASKED} of them, chosen for this round" in log, log
     heard = set(re.findall(r" <- (build\d+): become", log))
     answered = advisors_of(lab, new, hosts, roles[new])
-    assert len(answered) == ASKED and {f"build{i}" for i in answered} == heard, (answered, heard)
+    # All 16 answer; it decides once more than half of them agree (those heard by then).
+    assert len(answered) == ASKED and heard <= {f"build{i}" for i in answered}, (answered, heard)
     identity = lab.identity(new)
-    assert len(identity["votes"]) == 1 and len(identity["assigned_by"]) == ASKED, identity
+    assert len(identity["votes"]) == 1 and ASKED // 2 < len(identity["assigned_by"]) <= ASKED
+    assert set(identity["assigned_by"]) <= heard, identity
     # The 4 members not asked: their advisors never answered it (nor were handed its IDENTIFY:
     # an advisor logs every round it advises), yet their agents list the newcomer.
     for i in set(hosts) - answered - {new}:
