@@ -23,6 +23,7 @@ record there (``etcd.Registry``) and the role it takes is guarded by an etcd tra
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import math
@@ -47,6 +48,7 @@ LOG = logging.getLogger(__name__)
 
 
 PROBE_KINDS = ("PING", "PINGREQ", "PONG", "SUSPECT", "DEAD")
+REPEAT_WELCOMERS = 32  # members that answer a repeated HELLO in a big hive (_welcomes_as_member)
 # What a member at rest may handle without a tick (see handle): routine STATUS, probes answered.
 QUIET_KINDS = ("STATUS", "PING", "PONG")
 
@@ -353,15 +355,18 @@ class Agent(Service):
             self.life.on_message(message)
 
     def _welcomes(self, message: Message) -> bool:
-        """Whether to answer a HELLO.  A member always does.  A node still joining answers only
+        """Whether to answer a HELLO.  A member does (a repeat in a big hive: see
+        _welcomes_as_member).  A node still joining answers only
         what the newcomer needs from it: that it is ahead in the join order (the newcomer must
         wait for it), once per join of the newcomer, unless the HELLO came by unicast (the
         newcomer may hear nobody's broadcasts).  Its keep-alive STATUS, which says when it
         began to join, tells the rest within JOINING_KEEPALIVE.  (100 nodes started together
         would otherwise answer each other's three HELLOs: 30,000 WELCOMEs.)"""
-        if self.identity is not None or self.discovery.channel == "unicast":
-            return True
         newcomer = self.membership.joiners.get(message.node_id)
+        if self.discovery.channel == "unicast" or newcomer is None:
+            return True
+        if self.identity is not None:
+            return self._welcomes_as_member(newcomer)
         since = self.life.joining_since
         if newcomer is None or since is None:
             return True
@@ -370,6 +375,19 @@ class Agent(Service):
             return False
         newcomer.welcomed = newcomer.joining_since
         return True
+
+    def _welcomes_as_member(self, newcomer) -> bool:
+        """A member answers a newcomer's first HELLO; in a hive of more than REPEAT_WELCOMERS
+        members, a repeat of it (the same join) only if it is one of about REPEAT_WELCOMERS
+        members picked by a hash of both node ids (the newcomer gets that many answers again,
+        plenty to ask 16 of them, rather than 200 more WELCOMEs queued ahead of its advice)."""
+        repeat = newcomer.welcomed == newcomer.joining_since
+        newcomer.welcomed = newcomer.joining_since
+        members = len(self.membership.members)
+        if not repeat or members <= REPEAT_WELCOMERS:
+            return True
+        digest = hashlib.sha256(f"{newcomer.node_id}/{self.node_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") % members < REPEAT_WELCOMERS
 
     # --- failure detection (probe.py) ----------------------------------------------------------
     def _handle_probe(self, message: Message, source_ip: str, now: float) -> None:
@@ -542,6 +560,7 @@ class Agent(Service):
         """Run the join/move state machine; send what it asks, apply what it decides."""
         if self.life.phase is Phase.NEW:
             self.start(now)  # reads identity.json: operate with it, or discover
+        self.life.behind = self.behind
         deadline = self.life.tick(now)
         for send in self.life.outbox:
             self._send(send)

@@ -129,6 +129,9 @@ class Service:
         # Set by handle(): the message changed nothing the tick looks at before its next
         # deadline (a member's routine STATUS, a probe answered at once): no tick for it.
         self.quiet = False
+        # The last wake-up left datagrams unread (a socket gave max_batch): a timeout the tick
+        # would conclude now may have its answer queued behind them (see Lifecycle.behind).
+        self.behind = False
         # More to wait for than the hive's sockets (a local control socket, child processes):
         # file object -> (selector events, callback(events)); see watch().
         self.watches: dict = {}
@@ -282,6 +285,7 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
                 timeout = min(timeout, max(0.0, next_dog - time.monotonic()))
             ready = selector.select(timeout)
             flooded = False
+            service.behind = False
             if len(ready) > 1:  # replies to this node first (a flood hits the broadcast sockets)
                 ready.sort(key=lambda item: not getattr(item[0].data, "priority", False))
             for key, events in ready:
@@ -301,6 +305,7 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
                     busy = True
                     continue
                 read, rejected, ignored, quiet = _drain(service, key.data)
+                service.behind = service.behind or read >= service.max_batch
                 if rejected + ignored + quiet < read or not read:
                     busy = True
                 elif rejected:

@@ -140,6 +140,7 @@ class Lifecycle:
         self.round_advisors: set[str] = set()
         self.asked: list[str] = []  # asking: the members asked, if not all (_choose_advisors)
         self.round_subset = False  # following: the round asked only round_advisors
+        self.behind = False  # set by the agent: the loop left datagrams unread (Service.behind)
         self._start_at_tick = False
         self._now = 0.0  # the steady time of the current tick
 
@@ -494,6 +495,10 @@ class Lifecycle:
             self._decide()
             return now
         if now - self.phase_start >= timing.ADVICE_TIMEOUT:
+            if self.behind and now - self.phase_start < timing.ADVICE_TIMEOUT * 2:
+                # Datagrams are still queued (a busy moment: 200 WELCOMEs ahead of the
+                # advice): read them before concluding that no advice came.
+                return now
             if not self.advice and self.round_head is not None:
                 # The round we followed gave us nothing (its advisors did not know us): our
                 # own turn comes after it.

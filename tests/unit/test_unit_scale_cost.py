@@ -274,3 +274,45 @@ def test_the_routine_status_slows_down_beyond_100_members(make_agent, config, fa
             sent_at.append(k)
             assert statuses[-1].get("interval") == 60.0
     assert len(sent_at) == 2 and sent_at[1] - sent_at[0] == 6, sent_at
+
+
+def test_a_big_hive_answers_a_repeated_hello_with_about_32_welcomes(make_agent, config,
+                                                                    fake_sock):
+    agent = _operating(make_agent, config)
+    _status_round(agent, 100, T0 + 0.5, 0.5)
+    answered = {"first": 0, "repeat": 0}
+    for j in range(200):
+        for which, now in (("first", T0 + 2 + j * 0.01), ("repeat", T0 + 2.25 + j * 0.01)):
+            fake_sock.clear()
+            deliver(agent, "HELLO", f"ffff-{j:04d}", f"new{j}", f"10.9.3.{j % 250}", now,
+                    candidate_ip=None, joining_since=protocol.format_ts(T0 + 1.9))
+            answered[which] += len([m for m, _ in fake_sock.messages() if m.kind == "WELCOME"])
+    assert answered["first"] == 200  # every first HELLO
+    assert 200 * 0.15 < answered["repeat"] < 200 * 0.5  # about 32 of 100 members: 32 %
+
+
+def test_a_small_hive_answers_every_repeated_hello(make_agent, config, fake_sock):
+    agent = _operating(make_agent, config)
+    _status_round(agent, 20, T0 + 0.5, 0.5)
+    for now in (T0 + 2, T0 + 2.25, T0 + 2.75):
+        deliver(agent, "HELLO", "ffff-0001", "new1", "10.9.3.1", now, candidate_ip=None,
+                joining_since=protocol.format_ts(T0 + 1.9))
+    assert len([m for m, _ in fake_sock.messages() if m.kind == "WELCOME"]) == 3
+
+
+def test_a_joiner_reads_what_is_queued_before_concluding_no_advice_came(make_agent, clock,
+                                                                        fake_sock):
+    agent = make_agent()
+    ask_start = _welcomed_by(agent, clock, 4)
+    agent.behind = True  # the loop's last read left datagrams queued
+    step(agent, clock, ask_start + timing.ADVICE_TIMEOUT + 0.1)
+    assert agent.phase == "ask"
+    agent.behind = False
+    step(agent, clock, ask_start + timing.ADVICE_TIMEOUT + 0.2)
+    assert agent.phase == "backoff"
+    # Behind for good (a flood): it concludes anyway after twice the timeout.
+    agent2 = make_agent(node_id="eeee-agent-6")
+    ask2 = _welcomed_by(agent2, clock, 4)
+    agent2.behind = True
+    step(agent2, clock, ask2 + 2 * timing.ADVICE_TIMEOUT + 0.01)
+    assert agent2.phase == "backoff"
