@@ -49,6 +49,7 @@ LOG = logging.getLogger(__name__)
 
 PROBE_KINDS = ("PING", "PINGREQ", "PONG", "SUSPECT", "DEAD")
 REPEAT_WELCOMERS = 32  # members that answer a repeated HELLO in a big hive (_welcomes_as_member)
+REJOIN_WELCOME_GAP = 0.2  # s: the copies of one HELLO of a member starting again get one WELCOME
 # What a member at rest may handle without a tick (see handle): routine STATUS, probes answered.
 QUIET_KINDS = ("STATUS", "PING", "PONG")
 
@@ -108,6 +109,7 @@ class Agent(Service):
         self.incarnation: str | None = None  # set by the first refutation (else: started)
         self._last_refute = float("-inf")
         self._suspected_by: dict[str, float] = {}  # prober -> when its last SUSPECT came
+        self._welcomed_members: dict[tuple, float] = {}  # (member, its start) -> answered at
         self._probe_due = 0.0  # the prober's next deadline (nothing to do before it)
         self.peers_dirty = True
         # peers.json: rewritten after a change, at most every peers_gap(); at once for an
@@ -337,7 +339,7 @@ class Agent(Service):
         if message.kind in PROBE_KINDS:
             self._handle_probe(message, source_ip, now)
         elif message.kind == "HELLO":
-            if not self._welcomes(message):
+            if not self._welcomes(message, now):
                 return
             members = len(self.membership.established()) + (1 if self.identity else 0)
             addresses = self.discovery.welcome_list(self._known_ips(), source_ip, now)
@@ -354,7 +356,7 @@ class Agent(Service):
                 self._hello_to([(ip, self.config.port) for ip in new])
             self.life.on_message(message)
 
-    def _welcomes(self, message: Message) -> bool:
+    def _welcomes(self, message: Message, now: float) -> bool:
         """Whether to answer a HELLO.  A member does (a repeat in a big hive: see
         _welcomes_as_member).  A node still joining answers only
         what the newcomer needs from it: that it is ahead in the join order (the newcomer must
@@ -363,6 +365,16 @@ class Agent(Service):
         began to join, tells the rest within JOINING_KEEPALIVE.  (100 nodes started together
         would otherwise answer each other's three HELLOs: 30,000 WELCOMEs.)"""
         newcomer = self.membership.joiners.get(message.node_id)
+        if newcomer is None and message.get("role"):
+            # A member starting again says HELLO by broadcast and by unicast to every member
+            # it knew (it has not heard who its broadcasts reach yet): one answer for both.
+            key = (message.node_id, message.get("started"))
+            if now - self._welcomed_members.get(key, float("-inf")) < REJOIN_WELCOME_GAP:
+                return False
+            if len(self._welcomed_members) >= 1024:
+                self._welcomed_members.clear()
+            self._welcomed_members[key] = now
+            return True
         if self.discovery.channel == "unicast" or newcomer is None:
             return True
         if self.identity is not None:

@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 from . import timing
 from .config import Config, parse_seed
 from .netif import Interface
+from .protocol import is_ipv4
 
 LOG = logging.getLogger(__name__)
 
@@ -40,14 +41,8 @@ def welcome_addresses(message) -> list[str]:
     raw = message.get("addresses")
     if not isinstance(raw, list):
         return []
-    out = []
-    for item in raw[:timing.WELCOME_MAX_ADDRESSES]:
-        if isinstance(item, str) and len(item) <= 15:
-            try:
-                out.append(str(ipaddress.IPv4Address(item)))
-            except ValueError:
-                continue
-    return out
+    return [item for item in raw[:timing.WELCOME_MAX_ADDRESSES]
+            if isinstance(item, str) and len(item) <= 15 and is_ipv4(item)]
 
 
 class SeedResolver:

@@ -127,15 +127,23 @@ def _role(nullable: bool = False) -> Validator:
     return check
 
 
+@functools.lru_cache(maxsize=4096)
+def is_ipv4(text: str) -> bool:
+    """A dotted-quad IPv4 address, as ipaddress reads it.  Remembered: a hive's few hundred
+    addresses come in every message and every WELCOME's list (at 200 members a newcomer checked
+    thousands, and ipaddress is slow)."""
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _ip(nullable: bool = False) -> Validator:
     def check(value: Any) -> Any:
         if value is None and nullable:
             return None
-        if not isinstance(value, str) or len(value) > 15:
-            _fail("ip")
-        try:
-            ipaddress.IPv4Address(value)
-        except ValueError:
+        if not isinstance(value, str) or len(value) > 15 or not is_ipv4(value):
             _fail("ip")
         return value
     return check

@@ -316,3 +316,19 @@ def test_a_joiner_reads_what_is_queued_before_concluding_no_advice_came(make_age
     agent2.behind = True
     step(agent2, clock, ask2 + 2 * timing.ADVICE_TIMEOUT + 0.01)
     assert agent2.phase == "backoff"
+
+
+def test_a_member_starting_again_gets_one_welcome_for_its_hello_and_its_unicast_copy(
+        make_agent, config, fake_sock):
+    agent = _operating(make_agent, config)
+    _status_round(agent, 50, T0 + 0.5, 0.5)
+    node_id, hostname, ip = _peer(7)
+    started = protocol.format_ts(T0 + 5)
+    fake_sock.clear()
+    for now in (T0 + 5.1, T0 + 5.101):  # by broadcast, and its unicast copy
+        deliver(agent, "HELLO", node_id, hostname, ip, now, role="runner", started=started,
+                capabilities={})
+    assert len([m for m, _ in fake_sock.messages() if m.kind == "WELCOME"]) == 1
+    deliver(agent, "HELLO", node_id, hostname, ip, T0 + 6.5, role="runner", started=started,
+            capabilities={})  # a later HELLO (a clone's new id, a retry): answered again
+    assert len([m for m, _ in fake_sock.messages() if m.kind == "WELCOME"]) == 2
