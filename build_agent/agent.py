@@ -23,7 +23,6 @@ record there (``etcd.Registry``) and the role it takes is guarded by an etcd tra
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import math
@@ -42,7 +41,7 @@ from .lifecycle import Lifecycle, Phase, Send, Settle
 from .offloop import OffLoop
 from .membership import Membership, join_order_key, view_entry
 from .netif import LOOPBACK, Interface, relay_datagram
-from .protocol import Message, format_ts, format_ts_seconds, make_payload, parse_ts
+from .protocol import Message, format_ts, format_ts_seconds, make_payload, parse_ts, sha256
 
 LOG = logging.getLogger(__name__)
 
@@ -398,7 +397,7 @@ class Agent(Service):
         members = len(self.membership.members)
         if not repeat or members <= REPEAT_WELCOMERS:
             return True
-        digest = hashlib.sha256(f"{newcomer.node_id}/{self.node_id}".encode()).digest()
+        digest = sha256(f"{newcomer.node_id}/{self.node_id}".encode())
         return int.from_bytes(digest[:8], "big") % members < REPEAT_WELCOMERS
 
     # --- failure detection (probe.py) ----------------------------------------------------------

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -53,7 +52,8 @@ from typing import Callable, Protocol, Sequence
 
 from . import consensus, timing
 from .membership import Membership, join_order_key
-from .protocol import MAX_ADVISORS, MAX_BATCH, Message, ProtocolError, format_ts, parse_ts
+from .protocol import (MAX_ADVISORS, MAX_BATCH, Message, ProtocolError, format_ts, parse_ts,
+                       sha256)
 
 LOG = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ class Lifecycle:
         if len(members) <= MAX_ADVISORS:
             return []
         def rank(member) -> bytes:
-            return hashlib.sha256(f"{self.request_id}/{member.node_id}".encode()).digest()
+            return sha256(f"{self.request_id}/{member.node_id}".encode())
         return [m.node_id for m in sorted(members, key=rank)[:MAX_ADVISORS]]
 
     @staticmethod

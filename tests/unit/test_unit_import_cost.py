@@ -21,8 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Imported only where a process is started (subprocess: hooks, provision, taskrun, readiness)
 # or a file tree is copied/removed (shutil, and with it bz2, lzma); platform was replaced by
-# os.uname().  None of them is needed by a daemon that is only keeping the hive.
-NOT_AT_REST = ("subprocess", "shutil", "bz2", "lzma", "platform", "locale")
+# os.uname().  None of them is needed by a daemon that is only keeping the hive.  hashlib (and
+# _hashlib, OpenSSL: ~3.5 MB) neither: protocol.sha256 uses the built-in module.
+NOT_AT_REST = ("subprocess", "shutil", "bz2", "lzma", "platform", "locale", "hashlib",
+               "_hashlib")
 # What argparse loads for a parser (gettext, locale; shutil for the help's width): the daemons'
 # --config FILE is read without it.
 NOT_AFTER_OPTIONS = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma")
