@@ -119,7 +119,8 @@ class Agent(Service):
         # file at once, rather than look for the request every VIEW_SYNC_POLL until it does
         # (200 advisors polling for each join were most of a join's advisor cost at 200).
         self._relays: list[tuple[Message, str]] = []
-        self._peers_writer = state.JsonListWriter("peers")  # (the unchanged entries' text kept)
+        # (the unchanged entries' text kept)
+        self._peers_writer = state.JsonListWriter("peers", "joiners")
         self.state_file = readiness.StateFile(str(config.agent_state_path), clock)
         # The metrics file (metrics.py): on changes (at most every METRICS_MIN_GAP) and at
         # every heartbeat interval.
@@ -374,12 +375,17 @@ class Agent(Service):
                 self._welcomed_members.clear()
             self._welcomed_members[key] = now
             return True
-        if self.discovery.channel == "unicast" or newcomer is None:
+        if newcomer is None:
+            # Membership set it aside: older than what its sender said since (a joiner behind
+            # on the HELLOs of 100 nodes joining together, whose senders have their roles by
+            # now), or from before its goodbye.  Nobody waits for this answer.
+            return False
+        if self.discovery.channel == "unicast":
             return True
         if self.identity is not None:
             return self._welcomes_as_member(newcomer)
         since = self.life.joining_since
-        if newcomer is None or since is None:
+        if since is None:
             return True
         if newcomer.welcomed == newcomer.joining_since \
                 or join_order_key(since, self.node_id) > newcomer.key:
@@ -757,9 +763,10 @@ class Agent(Service):
             LOG.error("Cannot update %s: %s", self.config.identity_path, exc)
 
     def peers_gap(self) -> float:
-        """The least time between two rewrites of peers.json (timing.PEERS_WRITE_GAP_*)."""
-        return min(timing.PEERS_WRITE_GAP_MAX,
-                   timing.PEERS_WRITE_GAP_PER_MEMBER * len(self.membership.members))
+        """The least time between two rewrites of peers.json (timing.PEERS_WRITE_GAP_*): in
+        proportion to the members and joining nodes it lists."""
+        listed = len(self.membership.members) + len(self.membership.joiners)
+        return min(timing.PEERS_WRITE_GAP_MAX, timing.PEERS_WRITE_GAP_PER_MEMBER * listed)
 
     def _write_peers(self, now: float) -> None:
         wall = self.clock()

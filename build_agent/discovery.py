@@ -9,8 +9,10 @@ hive.toml's ``discovery`` lists the methods, any combination of:
 A message for everyone (HELLO, IDENTIFY, STATUS, goodbyes) goes to the group addresses of the
 active methods, and by unicast to every node we know of that those do not reach: members and
 joiners heard from, addresses learned from a WELCOME or from etcd, and (HELLO) the seeds.  A node
-is reached by broadcast or multicast when we heard it that way lately (a method we send by too);
-so a hive on one subnet sends exactly what it sent before, and a node elsewhere gets unicast.
+is reached by broadcast or multicast when we heard it that way lately (a method we send by too),
+and by broadcast when it is on our subnet and we hear others' broadcasts there (the LAN carries
+broadcast); so a hive on one subnet sends exactly what it sent before, and a node elsewhere, or
+on a LAN that drops broadcast, gets unicast.
 This holds whatever this node's own methods are: a broadcast-only member answers a node that
 came through a seed, and keeps it posted, by unicast.  Membership and failure detection do not
 change: they see the same messages, however they travelled.
@@ -138,6 +140,7 @@ class Discovery:
         # How the datagram being handled came (set by netif.Listener before each one).
         self.channel = "broadcast"
         self._group_heard: dict[str, tuple[str, float]] = {}  # ip -> (channel, steady time)
+        self._subnet_broadcast = float("-inf")  # when another node's broadcast was last heard
         self._learned: dict[str, float] = {}  # ip -> until (steady time)
         self._self_seeds: set[str] = set()
         self._next_seed_hello = 0.0
@@ -153,16 +156,20 @@ class Discovery:
         """A verified message from ``ip`` arrived on ``self.channel``."""
         if self.channel in GROUP_CHANNELS:
             self._group_heard[ip] = (self.channel, now)
+            if self.channel == "broadcast" and ip != self.iface.address and self._on_subnet(ip):
+                self._subnet_broadcast = now
         self._learned.pop(ip, None)  # a node heard from is known as a member or joiner
 
     def learn(self, addresses: Iterable[str], now: float, known: Iterable[str] = ()
               ) -> list[str]:
         """Addresses of the hive (a WELCOME's list, etcd): tried until LEARNED_ADDRESS_TTL.
-        Returns those that are new (neither learned nor ``known`` before)."""
+        Returns those that are new (neither learned nor ``known`` before).  An address our
+        broadcasts reach is not one to learn: it hears us, and we hear it."""
         skip = set(known)
         new = []
         for ip in addresses:
-            if ip == self.iface.address or ip.startswith("127."):
+            if ip == self.iface.address or ip.startswith("127.") \
+                    or self.reached(ip, now) != "unicast":
                 continue
             if ip not in self._learned and ip not in skip:
                 new.append(ip)
@@ -173,11 +180,18 @@ class Discovery:
         return channel in self.methods
 
     def reached(self, ip: str, now: float) -> str:
-        """'broadcast' or 'multicast' when that reaches the node, else 'unicast'."""
+        """'broadcast' or 'multicast' when that reaches the node, else 'unicast'.  A node on our
+        subnet that we heard only by unicast so far is reached by broadcast if we send by it
+        and hear others' broadcasts on the subnet: 100 joiners started together heard each
+        other first by unicast (a WELCOME; the broadcast HELLO went out before they listened),
+        and sent one another unicast copies of every broadcast, and HELLOs for the lists."""
         channel, when = self._group_heard.get(ip, (None, float("-inf")))
         if channel is not None and self._sends_by(channel) and now - when <= self.window \
                 and self._on_subnet(ip):
             return channel
+        if now - self._subnet_broadcast <= self.window and "broadcast" in self.methods \
+                and self._on_subnet(ip):
+            return "broadcast"
         return "unicast"
 
     def _on_subnet(self, ip: str) -> bool:
@@ -241,13 +255,17 @@ class Discovery:
 
     def welcome_list(self, known: Iterable[str], newcomer_ip: str, now: float
                      ) -> list[str] | None:
-        """The addresses a WELCOME carries (None: no list).  To a newcomer that reached us by
-        unicast (it may hear nobody else): every node we know.  To one that reached us by
-        broadcast or multicast: the nodes we reach by unicast only (it would not hear of them
-        otherwise: a member on another subnet).  At most WELCOME_MAX_ADDRESSES (a random
-        choice beyond that: the newcomer asks those it reaches for theirs)."""
+        """The addresses a WELCOME carries (None: no list).  To a newcomer we reach by unicast
+        only (it may hear nobody else): every node we know.  To one we reach by broadcast or
+        multicast, whichever way this HELLO came: the nodes we reach by unicast only (it would
+        not hear of them otherwise: a member on another subnet).  (A joiner also sends its HELLO
+        by unicast to members it heard only by unicast, their WELCOMEs: answered with every
+        node, 100 joiners started together learned each other's addresses from those lists and
+        said HELLO to each by unicast, each answered with the whole list again.)  At most
+        WELCOME_MAX_ADDRESSES (a random choice beyond that: the newcomer asks those it reaches
+        for theirs)."""
         others = {ip for ip in known if ip != newcomer_ip}
-        if self.channel == "unicast":
+        if self.reached(newcomer_ip, now) == "unicast":
             addresses = sorted(others | {self.iface.address})
         else:
             addresses = sorted(ip for ip in others if self.reached(ip, now) == "unicast")

@@ -60,12 +60,13 @@ def write_json_atomic(path: Path | str, data: Any, mode: int = 0o644) -> None:
 
 class JsonListWriter:
     """Writes a dict exactly as write_json_atomic does, remembering the text of the items of
-    one list in it between writes: peers.json lists every member, and is rewritten after each
-    change of the hive while most entries stay the same (Python's indented json encoder is
-    slow: most of a large peers.json's cost).  Only the last write's items are remembered."""
+    some lists in it between writes: peers.json lists every member and every joining node, and
+    is rewritten after each change of the hive while most entries stay the same (Python's
+    indented json encoder is slow: most of a large peers.json's cost).  Only the last write's
+    items are remembered."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key
+    def __init__(self, *keys: str) -> None:
+        self.keys = keys
         self._texts: dict[str, str] = {}  # an item's compact JSON -> its indented text
 
     def text(self, data: dict) -> str:
@@ -74,7 +75,7 @@ class JsonListWriter:
         parts = []
         for name in sorted(data):
             value = data[name]
-            if name == self.key and isinstance(value, list) and value:
+            if name in self.keys and isinstance(value, list) and value:
                 items = []
                 for item in value:
                     compact = json.dumps(item, sort_keys=True)

@@ -148,9 +148,10 @@ FLOOD_PAUSE = 0.002
 REJECT_LOG_PERIOD = 60.0
 
 # peers.json is rewritten after a change of the hive at most once per PEERS_WRITE_GAP_PER_MEMBER
-# per member it lists (0.1 s at 50 members, 0.4 s at 200), at most PEERS_WRITE_GAP_MAX apart;
-# an IDENTIFY is written at once (the advisor waits to see it).  Each rewrite costs every member
-# O(members): without a gap, a join into a hive of 200 cost the hive ~5 rewrites per member.
+# per member or joining node it lists (0.1 s at 50, 0.4 s at 200), at most PEERS_WRITE_GAP_MAX
+# apart; an IDENTIFY is written at once (the advisor waits to see it).  Each rewrite costs every
+# node O(members + joiners): without a gap, a join into a hive of 200 cost the hive ~5 rewrites
+# per member, and 100 nodes joining together a third of their CPU while they joined.
 PEERS_WRITE_GAP_PER_MEMBER = 0.002
 PEERS_WRITE_GAP_MAX = 0.5
 

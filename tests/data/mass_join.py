@@ -29,18 +29,21 @@ from lab import Lab  # noqa: E402
 def main() -> None:
     args = sys.argv[1:]
     hold = "--hold" in args
+    frozen = "--frozen" in args
     policy = args[args.index("--policy") + 1] if "--policy" in args else ""
     base, joiners = int(args[0]), int(args[1])
     lab = Lab("mj", "10.77.249", policy=policy)
     lab.down(check=False)
     procs: list[subprocess.Popen] = []
 
-    def spawn(i: int, module: str, name: str, argv: list[str] | None = None) -> None:
+    def spawn(i: int, module: str, name: str, argv: list[str] | None = None,
+              freeze: bool = False) -> None:
         d = lab.host_dir(i)
+        run = ([str(REPO / "scripts/hivebench/frozen.py"), module] if freeze else ["-m", module])
         argv = argv or ["unshare", "--uts", "--", "sh", "-c",
                         'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"', f"build{i}",
                         "env", f"PYTHONPATH={REPO}", "PYTHONDONTWRITEBYTECODE=1", sys.executable,
-                        "-m", module, "--config", str(d / "hive.toml")]
+                        *run, "--config", str(d / "hive.toml")]
         p = subprocess.Popen(["ip", "netns", "exec", f"mj-h{i}", *argv], stdin=subprocess.DEVNULL,
                              stdout=open(d / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
         (d / f"{name}.pid").write_text(f"{p.pid}\n")
@@ -82,8 +85,21 @@ def main() -> None:
             time.sleep(1)
         t0 = time.time()
         for i in new:
-            spawn(i, "build_agent", "agent")
+            spawn(i, "build_agent", "agent", freeze=frozen)
         print(f"{joiners} agents spawned in {time.time() - t0:.2f} s", flush=True)
+        if frozen:
+            pids = [int((lab.host_dir(i) / "agent.pid").read_text()) for i in new]
+
+            def state(pid: int) -> str:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            ok = wait(lambda: all(state(p) == "T" for p in pids), 120)
+            print(f"all frozen: {ok}, {time.time() - t0:.1f} s after the first spawn", flush=True)
+            time.sleep(2)
+            everyone = list(range(1, base + 1)) + new
+            c0 = {k: cpu(everyone, k) for k in ("agent", "advisor")}
+            t0 = time.time()
+            for p in pids:
+                os.kill(p, 18)  # SIGCONT
         if hold:
             ok = wait(lambda: all("Waiting" in lab.log(i) for i in new), 120)
             print(f"all queued: {ok}, {time.time() - t0:.1f} s after the first spawn", flush=True)
@@ -96,12 +112,17 @@ def main() -> None:
             release.touch()
         wait(lambda: all(lab.identity(i) for i in new), 120)
         got = [i for i in new if lab.identity(i)]
+        if frozen:
+            print("CPU from the thaw until all identified: " + ", ".join(
+                f"{k}s {cpu(everyone, k) - c0[k]:.2f} s" for k in c0) +
+                f", joiners' agents {cpu(new, 'agent'):.2f} s (with their start)", flush=True)
         times = sorted((lab.host_dir(i) / "state" / "identity.json").stat().st_mtime - t0
                        for i in got)
-        since = "the release" if hold else "the first agent's start"
+        since = ("the release" if hold else "the thaw" if frozen
+                 else "the first agent's start")
         print(f"{len(got)}/{joiners} identified; the last {times[-1]:.2f} s after {since} "
               f"(median {times[len(times) // 2]:.2f} s)" if got else "none identified")
-        if not hold:
+        if not hold and not frozen:
             ups = []
             for i in new:
                 for line in lab.log(i).splitlines():
@@ -122,6 +143,14 @@ def main() -> None:
                        for i in new)
         print(f"rounds of their own {own}; joiners advised in another's round {followed}; "
               f"load {os.getloadavg()}")
+
+        def rcvbuf_errors(i: int) -> int:  # datagrams the host's kernel dropped: buffer full
+            snmp = subprocess.run(["ip", "netns", "exec", f"mj-h{i}", "cat", "/proc/net/snmp"],
+                                  capture_output=True, text=True).stdout.splitlines()
+            udp = [line.split()[1:] for line in snmp if line.startswith("Udp:")]
+            return int(dict(zip(udp[0], udp[1]))["RcvbufErrors"]) if len(udp) == 2 else -1
+        print("UDP receive-buffer drops: hive", [rcvbuf_errors(i) for i in range(1, base + 1)],
+              "joiners", sum(rcvbuf_errors(i) for i in new))
     finally:
         if "--keep-logs" in args:  # copy every host's logs before the lab goes
             keep = Path(args[args.index("--keep-logs") + 1])

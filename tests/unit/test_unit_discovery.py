@@ -46,6 +46,26 @@ def test_a_neighbour_heard_only_by_unicast_gets_unicast(config, iface):
     assert (NEAR, PORT) in d.targets("STATUS", [NEAR], T0)
 
 
+def test_a_neighbour_heard_only_by_unicast_where_the_lan_carries_broadcast(config, iface):
+    """Others' broadcasts are heard on the subnet: a neighbour heard only by unicast so far (a
+    WELCOME, its broadcast HELLO went out before we listened) hears ours too: no unicast copies,
+    and its address in a WELCOME's list is nothing to learn (no HELLO to it)."""
+    d = make(config, iface, discovery=("broadcast", "seeds"), seeds=(FAR,))
+    heard(d, NEAR, "unicast")
+    heard(d, "10.9.0.60", "broadcast")
+    assert d.targets("STATUS", [NEAR, "10.9.0.60"], T0) == [("10.9.0.255", PORT)]
+    assert d.reached(NEAR, T0) == "broadcast"
+    assert d.learn(["10.9.0.70", FAR2], T0) == [FAR2]
+    assert d.welcome_list([NEAR, "10.9.0.60"], "10.9.0.50", T0) is None
+    # Not on a LAN whose broadcasts stopped coming, nor off the subnet, nor without broadcast.
+    window = timing.GROUP_HEARD_INTERVALS * timing.STATUS_INTERVALS_MAX * config.heartbeat_interval
+    assert d.reached(NEAR, T0 + window + 0.1) == "unicast"
+    assert d.reached(FAR, T0) == "unicast"
+    d = make(config, iface, discovery=("multicast",))
+    heard(d, "10.9.0.60", "broadcast")
+    assert d.reached(NEAR, T0) == "unicast"
+
+
 def test_broadcast_heard_from_another_subnet_address_does_not_cover_it(config, iface):
     d = make(config, iface)
     heard(d, FAR, "broadcast")  # (cannot happen on a router; the subnet check holds anyway)
@@ -109,9 +129,21 @@ def test_welcome_lists_the_unicast_members_to_a_newcomer_that_broadcast(config, 
     d = make(config, iface)
     heard(d, NEAR, "broadcast")
     heard(d, FAR, "unicast")
-    d.note_channel("broadcast")
+    heard(d, "10.9.0.50", "broadcast")  # (the agent notes the sender before it answers)
     assert d.welcome_list([NEAR, FAR], "10.9.0.50", T0) == [FAR]
     assert d.welcome_list([NEAR], "10.9.0.50", T0) is None  # one subnet: nothing added
+
+
+def test_welcome_to_a_unicast_hello_from_a_newcomer_our_broadcasts_reach(config, iface):
+    """A joiner sends its HELLO repeats by unicast too, to members it heard only by unicast:
+    answered with every node, 100 joiners started together learned each other's addresses and
+    said HELLO to each by unicast, each answered with the whole list again."""
+    d = make(config, iface)
+    heard(d, NEAR, "broadcast")
+    heard(d, FAR, "unicast")
+    heard(d, "10.9.0.50", "broadcast")  # its first HELLO
+    heard(d, "10.9.0.50", "unicast")  # a repeat, to our own address
+    assert d.welcome_list([NEAR, FAR], "10.9.0.50", T0) == [FAR]
 
 
 def test_welcome_list_fits_in_a_datagram(config, iface):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from build_agent import protocol, timing
-from hive_fakes import T0
+from hive_fakes import SECRET, T0
 from test_unit_agent import CAPS, deliver, make_agent, step  # noqa: F401 (a fixture)
 from test_unit_status_cost import _operating, _peer
 
@@ -117,6 +117,23 @@ def test_a_joiner_welcomes_only_newcomers_behind_it_once(make_agent, config, fak
     assert not _hello(joiner, "9999-late", mine + 1, T0 + 0.3)  # its repeated HELLO
     assert not _hello(joiner, "1111-early", mine - 1, T0 + 0.4)  # ahead of us: needs nothing
     assert _hello(joiner, "1111-early", mine - 1, T0 + 0.5, "unicast")  # may hear no broadcast
+
+
+def test_a_hello_older_than_its_senders_role_is_not_answered(make_agent, config, fake_sock):
+    """A node behind on the HELLOs of 100 joining together, whose senders have their roles by
+    now, answered each (membership had set it aside, so it looked like an unknown newcomer's)."""
+    for agent in (_joining(make_agent, config, "5555-joiner"), _operating(make_agent, config)):
+        mine = agent.life.joining_since or T0
+        deliver(agent, "STATUS", "9999-late", "build-new", "10.9.0.77", T0 + 2, role="runner",
+                state="active", interval=30.0, capabilities=CAPS)
+        hello = protocol.make_payload("HELLO", "9999-late", "build-new", "10.9.0.77", T0 + 1.5,
+                                      candidate_ip=None, capabilities=CAPS,
+                                      joining_since=protocol.format_ts(mine + 1))
+        received = agent.receive(protocol.encode(hello, SECRET), ("10.9.0.77", 50555), T0 + 2.1)
+        before = len(agent.unicast_sock.sent)
+        agent.handle(received, "10.9.0.77", T0 + 2.1)
+        assert not [m for m, _ in agent.unicast_sock.messages()[before:] if m.kind == "WELCOME"]
+        assert agent.membership.members["9999-late"].role == "runner"
 
 
 def test_a_member_answers_every_hello(make_agent, config, fake_sock):

@@ -288,7 +288,7 @@ _json = st.recursive(
        st.dictionaries(st.sampled_from(["self", "plan", "joiners", "discovery", "zz"]), _json),
        st.integers(0, 5))
 def test_peers_json_text_is_what_json_dumps_writes(peers, rest, changed):
-    writer = state.JsonListWriter("peers")
+    writer = state.JsonListWriter("peers", "joiners")
     first = {**rest, "peers": peers}
     assert writer.text(first) == json.dumps(first, indent=2, sort_keys=True) + "\n"
     # The next write: one entry changed, one gone, one new; the others' text is remembered.
