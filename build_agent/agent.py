@@ -109,6 +109,7 @@ class Agent(Service):
         self._last_refute = float("-inf")
         self._suspected_by: dict[str, float] = {}  # prober -> when its last SUSPECT came
         self._welcomed_members: dict[tuple, float] = {}  # (member, its start) -> answered at
+        self._member_since = float("-inf")  # wall time this run's join gave us our identity
         self._probe_due = 0.0  # the prober's next deadline (nothing to do before it)
         self.peers_dirty = True
         # peers.json: rewritten after a change, at most every peers_gap(); at once for an
@@ -383,6 +384,10 @@ class Agent(Service):
         if self.discovery.channel == "unicast":
             return True
         if self.identity is not None:
+            if message.ts < self._member_since:
+                # Said before we were a member (a backlog: 100 joining together, we among
+                # them): it did not wait for us, and it hears of us from our STATUS.
+                return False
             return self._welcomes_as_member(newcomer)
         since = self.life.joining_since
         if since is None:
@@ -612,6 +617,7 @@ class Agent(Service):
         else:
             identity = {**decision.identity, "assigned_at": wall, "node_id": self.node_id,
                         "hostname": self.hostname}
+            self._member_since = self.clock()
         identity.update(provisioned=False, provision_error=None)
         if decision.move:
             self.counters.own_moves += 1

@@ -7,7 +7,8 @@
 - A routine STATUS or an answered probe needs no tick of its own (Service.quiet).
 - A node still joining answers a newcomer's HELLO only when it is ahead of it in the join
   order, once per join, and always when the HELLO came by unicast; its keep-alive STATUS says
-  since when it joins.
+  since when it joins.  Nobody answers a HELLO membership set aside (older than its sender's
+  role), nor, as a member, one said before it became a member.
 """
 
 from __future__ import annotations
@@ -134,6 +135,30 @@ def test_a_hello_older_than_its_senders_role_is_not_answered(make_agent, config,
         agent.handle(received, "10.9.0.77", T0 + 2.1)
         assert not [m for m, _ in agent.unicast_sock.messages()[before:] if m.kind == "WELCOME"]
         assert agent.membership.members["9999-late"].role == "runner"
+
+
+def test_a_new_member_does_not_answer_hellos_said_before_it_was_one(make_agent, config,
+                                                                    fake_sock):
+    """100 joining together: each one that got its role read the others' HELLOs queued
+    meanwhile and answered them as a member, ~100 WELCOMEs nobody waited for."""
+    from test_unit_agent import run_until
+    agent = _joining(make_agent, config, "5555-joiner")
+    became = T0 + timing.DISCOVERY_MAX + 0.01
+    run_until(agent, agent.clock, became)
+    assert agent.role == "founder"
+
+    def answered(sent_at: float, node_id: str) -> bool:
+        hello = protocol.make_payload("HELLO", node_id, "build-new", "10.9.0.77", sent_at,
+                                      candidate_ip=None, capabilities=CAPS,
+                                      joining_since=protocol.format_ts(T0 + 0.5))
+        received = agent.receive(protocol.encode(hello, SECRET), ("10.9.0.77", 50555),
+                                 became + 0.5)
+        before = len(agent.unicast_sock.sent)
+        agent.handle(received, "10.9.0.77", became + 0.5)
+        return any(m.kind == "WELCOME" for m, _ in agent.unicast_sock.messages()[before:])
+
+    assert not answered(became - 0.2, "9999-before")
+    assert answered(became + 0.2, "9999-after")
 
 
 def test_a_member_answers_every_hello(make_agent, config, fake_sock):
