@@ -97,6 +97,11 @@ def main() -> None:
             time.sleep(2)
             everyone = list(range(1, base + 1)) + new
             c0 = {k: cpu(everyone, k) for k in ("agent", "advisor")}
+
+            def schedstat(i: int) -> list[int]:  # ns on a CPU, ns waiting for one, slices
+                pid = int((lab.host_dir(i) / "agent.pid").read_text())
+                return [int(x) for x in Path(f"/proc/{pid}/schedstat").read_text().split()]
+            s0 = {i: schedstat(i) for i in range(1, base + 1)}
             t0 = time.time()
             for p in pids:
                 os.kill(p, 18)  # SIGCONT
@@ -113,6 +118,10 @@ def main() -> None:
         wait(lambda: all(lab.identity(i) for i in new), 120)
         got = [i for i in new if lab.identity(i)]
         if frozen:
+            print("the hive's agents from the thaw until all identified, ms on a CPU / waiting "
+                  "for one: " + ", ".join(
+                      f"{(b[0] - a[0]) / 1e6:.0f}/{(b[1] - a[1]) / 1e6:.0f}"
+                      for a, b in ((s0[i], schedstat(i)) for i in s0)), flush=True)
             print("CPU from the thaw until all identified: " + ", ".join(
                 f"{k}s {cpu(everyone, k) - c0[k]:.2f} s" for k in c0) +
                 f", joiners' agents {cpu(new, 'agent'):.2f} s (with their start)", flush=True)

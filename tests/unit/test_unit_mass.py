@@ -306,11 +306,18 @@ def test_a_joiner_ignores_a_batch_from_one_behind_it(make_agent, clock, fake_soc
 
 
 def test_a_follower_missing_advice_asks_itself_with_the_rounds_id(make_agent, clock, fake_sock):
+    """... once the round's asker has had its role for a retry interval (the advisors answer a
+    batch in order, the asker first), and not before the last retry time."""
     agent = discovered(make_agent, clock)
     follow_build2(agent, clock)
-    run_until(agent, clock, T0 + 0.2 + timing.IDENTIFY_SCHEDULE[-1] - 0.01)
+    run_until(agent, clock, T0 + 0.2 + timing.IDENTIFY_SCHEDULE[-1] + 0.1)
+    assert not sent(fake_sock, "IDENTIFY")  # build2 has no role yet: neither would we
+    settled = T0 + 0.2 + timing.IDENTIFY_SCHEDULE[-1] + 0.2
+    deliver(agent, "STATUS", "bbbb-2", "build2", "10.9.0.12", settled, role="controller",
+            state="active", interval=10)
+    run_until(agent, clock, settled + timing.IDENTIFY_SCHEDULE[1] - 0.01)
     assert not sent(fake_sock, "IDENTIFY")
-    run_until(agent, clock, T0 + 0.2 + timing.IDENTIFY_SCHEDULE[-1] + EPS)
+    run_until(agent, clock, settled + timing.IDENTIFY_SCHEDULE[1] + EPS)
     # Only build1 (the one advisor of the round) is asked again, by unicast.
     [(identify, address)] = sent(fake_sock, "IDENTIFY")
     assert address == ("10.9.0.11", 50555)
