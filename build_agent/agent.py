@@ -770,9 +770,11 @@ class Agent(Service):
 
     def peers_gap(self) -> float:
         """The least time between two rewrites of peers.json (timing.PEERS_WRITE_GAP_*): in
-        proportion to the members and joining nodes it lists."""
+        proportion to the members and joining nodes it lists; while this node joins, its advisor
+        advises nobody and the file is for the user alone: PEERS_WRITE_GAP_JOINING."""
         listed = len(self.membership.members) + len(self.membership.joiners)
-        return min(timing.PEERS_WRITE_GAP_MAX, timing.PEERS_WRITE_GAP_PER_MEMBER * listed)
+        gap = min(timing.PEERS_WRITE_GAP_MAX, timing.PEERS_WRITE_GAP_PER_MEMBER * listed)
+        return gap if self.identity is not None else max(gap, timing.PEERS_WRITE_GAP_JOINING)
 
     def _write_peers(self, now: float) -> None:
         wall = self.clock()

@@ -308,8 +308,12 @@ class Lifecycle:
 
     def _scheduled_sends(self, schedule: Sequence[float], now: float,
                          send: Callable[[], Send | list[Send]]) -> float:
-        """Send what the schedule says is due; return when the next send is due."""
+        """Send what the schedule says is due; return when the next send is due.  A repeat
+        waits while datagrams are still queued (``behind``; at most BEHIND_WAIT_MAX, a flood
+        keeps the queue full): the answers it would ask for may be among them."""
         while self.sent < len(schedule) and now >= self.phase_start + schedule[self.sent]:
+            if self.sent and self._wait_for_queue(self.phase_start + schedule[self.sent], now):
+                return now
             due = send()
             self.outbox.extend(due if isinstance(due, list) else [due])
             self.sent += 1
@@ -317,6 +321,10 @@ class Lifecycle:
         if self.sent < len(schedule):
             return self.phase_start + schedule[self.sent]
         return float("inf")
+
+    def _wait_for_queue(self, due: float, now: float) -> bool:
+        """Whether a repeat due at ``due`` waits for the datagrams still queued."""
+        return self.behind and now < due + timing.BEHIND_WAIT_MAX
 
     # --- joining --------------------------------------------------------------------------------
     def _begin_discovery(self, now: float) -> None:
@@ -328,9 +336,7 @@ class Lifecycle:
         self.max_members_reported = 0
 
     def _tick_discover(self, now: float) -> float:
-        next_send = self._scheduled_sends(timing.HELLO_SCHEDULE, now, lambda: Send(
-            "HELLO", {"candidate_ip": None, "joining_since": self.joining_since_text(),
-                      "capabilities": self.capabilities}))
+        next_send = self._scheduled_sends(timing.HELLO_SCHEDULE, now, self._hello)
         elapsed = now - self.phase_start
         known = len(self.membership.established())
         heard_all = known > 0 and known >= self.max_members_reported
@@ -338,6 +344,16 @@ class Lifecycle:
             return self._take_turn(now)
         return min(next_send, self.phase_start + timing.DISCOVERY_MIN if heard_all
                    else self.phase_start + timing.DISCOVERY_MAX)
+
+    def _hello(self) -> Send | list[Send]:
+        """Our HELLO; its repeats (against a lost one) only while fewer than
+        JOINING_KEEPALIVE_PEERS others are joining: in a crowd the members answer slowly (their
+        WELCOMEs are late, not lost), and 100 joiners' repeats were 200 more datagrams for
+        every node; a member that lost our HELLO hears of us from our keep-alive."""
+        if self.sent and len(self.membership.joiners) >= timing.JOINING_KEEPALIVE_PEERS:
+            return []
+        return Send("HELLO", {"candidate_ip": None, "joining_since": self.joining_since_text(),
+                              "capabilities": self.capabilities})
 
     def _take_turn(self, now: float) -> float:
         """After discovery or while waiting: ask, found, or keep waiting.
@@ -472,6 +488,8 @@ class Lifecycle:
                   self.head_settled + timing.IDENTIFY_SCHEDULE[1])
         if now < due:
             return due
+        if self._wait_for_queue(due, now):
+            return now  # our advice may be queued: read it first
         self.sent = 1
         fields = {**self._identify([]).fields, "batch_of": self.round_head}
         for member in self._round_advisors():

@@ -27,6 +27,10 @@ DISCOVERY_MAX = 1.5
 IDENTIFY_SCHEDULE = (0.0, 0.4, 1.2)
 # Give up waiting for missing advisors after this and decide with the advice we have.
 ADVICE_TIMEOUT = 2.5
+# A repeated HELLO or IDENTIFY waits while datagrams are still queued (the answers it would
+# ask for may be among them: 100 followers asked 16 advisors again for advice they had not read
+# yet), at most this long past its time (a flood keeps the queue full).
+BEHIND_WAIT_MAX = 0.4
 # When established members exist but none advised, ask again after this (doubling, capped).
 REASK_BACKOFF_FIRST = 2.0
 REASK_BACKOFF_MAX = 60.0
@@ -154,6 +158,9 @@ REJECT_LOG_PERIOD = 60.0
 # per member, and 100 nodes joining together a third of their CPU while they joined.
 PEERS_WRITE_GAP_PER_MEMBER = 0.002
 PEERS_WRITE_GAP_MAX = 0.5
+# ... and at most once a second while the node joins (100 joining together rewrote it on every
+# member that settled, each entry re-encoded: a third of a joiner's CPU).
+PEERS_WRITE_GAP_JOINING = 1.0
 
 # Re-read peers.json written by the local agent at most this often (advisor).
 PEERS_FILE_POLL = 1.0

@@ -118,12 +118,17 @@ def main() -> None:
         wait(lambda: all(lab.identity(i) for i in new), 120)
         got = [i for i in new if lab.identity(i)]
         if frozen:
+            c1 = {k: cpu(everyone, k) - c0[k] for k in c0}
+            s1 = {i: schedstat(i) for i in s0}
+            time.sleep(max(0.0, t0 + 10 - time.time()))
+            print("CPU in the 10 s after the thaw: " + ", ".join(
+                f"{k}s {cpu(everyone, k) - c0[k]:.2f} s" for k in c0), flush=True)
             print("the hive's agents from the thaw until all identified, ms on a CPU / waiting "
                   "for one: " + ", ".join(
                       f"{(b[0] - a[0]) / 1e6:.0f}/{(b[1] - a[1]) / 1e6:.0f}"
-                      for a, b in ((s0[i], schedstat(i)) for i in s0)), flush=True)
+                      for a, b in ((s0[i], s1[i]) for i in s0)), flush=True)
             print("CPU from the thaw until all identified: " + ", ".join(
-                f"{k}s {cpu(everyone, k) - c0[k]:.2f} s" for k in c0) +
+                f"{k}s {c1[k]:.2f} s" for k in c0) +
                 f", joiners' agents {cpu(new, 'agent'):.2f} s (with their start)", flush=True)
         times = sorted((lab.host_dir(i) / "state" / "identity.json").stat().st_mtime - t0
                        for i in got)

@@ -411,3 +411,84 @@ def test_the_advisor_waits_for_a_view_with_the_members_the_asker_knows(make_advi
     write_view(config, 1, [])
     advisor.tick(T0 + 1.02)
     assert told(fake_sock) == [(HEAD, "builder", None, "10.9.0.20")]
+
+
+# --- a crowd: what each joiner sends less of ----------------------------------------------------
+
+def _hellos(sock) -> int:
+    return len(sent(sock, "HELLO"))
+
+
+def _crowd(agent, clock, joiners: int, now: float) -> None:
+    """``joiners`` others joining, all behind us (we started first), heard by their HELLOs."""
+    for n in range(joiners):
+        hello(agent, f"cccc-{n:03d}", f"build{100 + n}", f"10.9.0.{100 + n}", now, T0 + 5)
+
+
+def test_in_a_crowd_a_joiner_does_not_repeat_its_hello(make_agent, clock, fake_sock):
+    """Fewer than JOINING_KEEPALIVE_PEERS others joining: HELLO at each time of HELLO_SCHEDULE
+    (against a lost one); that many or more: once (their WELCOMEs are late, not lost, and 100
+    joiners' repeats were 200 more datagrams for every node)."""
+    for others, hellos in ((timing.JOINING_KEEPALIVE_PEERS - 1, len(timing.HELLO_SCHEDULE)),
+                           (timing.JOINING_KEEPALIVE_PEERS, 1)):
+        fake_sock.clear()
+        agent = make_agent()
+        clock.now = T0
+        agent.start(T0)
+        step(agent, clock, T0)
+        _crowd(agent, clock, others, T0 + 0.01)
+        run_until(agent, clock, T0 + timing.HELLO_SCHEDULE[-1] + EPS)
+        assert _hellos(fake_sock) == hellos, others
+
+
+def test_a_repeat_waits_while_datagrams_are_queued(make_agent, clock, fake_sock):
+    """The loop left datagrams unread (Service.behind): the answers a repeat would ask for may
+    be among them, so it waits until they are read."""
+    agent = make_agent()
+    clock.now = T0
+    agent.start(T0)
+    step(agent, clock, T0)
+    assert _hellos(fake_sock) == 1
+    agent.behind = True
+    step(agent, clock, T0 + timing.HELLO_SCHEDULE[1] + EPS)
+    assert _hellos(fake_sock) == 1
+    agent.behind = False
+    step(agent, clock, T0 + timing.HELLO_SCHEDULE[1] + 2 * EPS)
+    assert _hellos(fake_sock) == 2
+
+
+def test_a_follower_waits_for_its_queued_advice_before_asking_again(make_agent, clock,
+                                                                    fake_sock):
+    agent = discovered(make_agent, clock)
+    follow_build2(agent, clock)
+    deliver(agent, "STATUS", "bbbb-2", "build2", "10.9.0.12", T0 + 0.3, role="controller",
+            state="active", interval=10)
+    step(agent, clock, T0 + 0.3 + EPS)
+    due = T0 + 0.2 + timing.IDENTIFY_SCHEDULE[-1]
+    agent.behind = True
+    step(agent, clock, due + EPS)
+    assert not sent(fake_sock, "IDENTIFY")
+    agent.behind = False
+    step(agent, clock, due + 2 * EPS)
+    assert len(sent(fake_sock, "IDENTIFY")) == 1
+
+
+def test_a_flood_that_keeps_the_queue_full_holds_a_repeat_back_only_so_long(make_agent, clock,
+                                                                            fake_sock):
+    agent = make_agent()
+    clock.now = T0
+    agent.start(T0)
+    step(agent, clock, T0)
+    agent.behind = True
+    due = T0 + timing.HELLO_SCHEDULE[1]
+    step(agent, clock, due + timing.BEHIND_WAIT_MAX - EPS)
+    assert _hellos(fake_sock) == 1
+    step(agent, clock, due + timing.BEHIND_WAIT_MAX + EPS)
+    assert _hellos(fake_sock) == 2
+
+
+def test_a_joiner_rewrites_peers_json_at_most_once_a_second(make_agent, clock):
+    """Its advisor advises nobody until it has an identity: the file is for the user alone
+    (100 joining together rewrote it at every member that settled)."""
+    agent = discovered(make_agent, clock)
+    assert agent.identity is None and agent.peers_gap() == timing.PEERS_WRITE_GAP_JOINING
