@@ -28,6 +28,7 @@ from .serfrpc import SerfRPC
 
 REPO = Path(__file__).resolve().parents[2]
 HIVE_LAB = REPO / "scripts" / "hive-lab"
+FROZEN = REPO / "scripts" / "hivebench" / "frozen.py"  # (mass joins: see frozen.py)
 SERF_BIN = shutil.which("serf") or "/usr/bin/serf"
 SERF_PORT = 7946
 SERF_RPC_PORT = 7373
@@ -204,9 +205,11 @@ class Lab:
                                     start_new_session=True, close_fds=True)
         host.procs[what] = proc
 
-    def start_ours(self, host: Host, only: str | None = None) -> float | None:
+    def start_ours(self, host: Host, only: str | None = None, frozen: bool = False
+                   ) -> float | None:
         """Start build-advisor then build-agent on host (or only one of them); returns the
-        agent's start time."""
+        agent's start time.  frozen: the agent stops itself once its interpreter is up (see
+        frozen.py; thaw() starts it)."""
         if not self.compiled:  # compiled code, as on an installed node (see hive-lab)
             subprocess.run([self.python, "-m", "compileall", "-q", str(REPO / "build_agent"),
                             str(REPO / "build_advisor")], check=True, stdout=subprocess.DEVNULL)
@@ -214,12 +217,31 @@ class Lab:
         for what, module in (("advisor", "build_advisor"), ("agent", "build_agent")):
             if host.running(what) or (only is not None and what != only):
                 continue
+            run = [str(FROZEN), module] if frozen and what == "agent" else ["-m", module]
             argv = self._prefix(host) + ["env", f"PYTHONPATH={REPO}", "PYTHONDONTWRITEBYTECODE=1",
-                                         self.python, "-m", module, "--config",
+                                         self.python, *run, "--config",
                                          str(host.dir / "hive.toml")]
             self._spawn(host, what, argv, f"{what}.log")
             (host.dir / f"{what}.pid").write_text(f"{host.procs[what].pid}\n")
         return host.started.get("agent")
+
+    @staticmethod
+    def frozen(host: Host) -> bool:
+        """Whether host's agent (started frozen) has stopped itself: its interpreter is up."""
+        pid = host.pid("agent")
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, TypeError):
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+    @staticmethod
+    def thaw(hosts: list[Host]) -> float:
+        """SIGCONT to the frozen agents of hosts, back to back; returns when it began."""
+        began = time.time()
+        for host in hosts:
+            os.kill(host.pid("agent"), signal.SIGCONT)
+        return began
 
     def signal_ours(self, host: Host, sig: int, wait: float = 5.0) -> float:
         """Send sig to both daemons (agent first); unless wait is 0, wait for them to exit

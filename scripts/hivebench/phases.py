@@ -438,58 +438,104 @@ def wire_cost(lab: Lab, seconds: float, log) -> dict:
 
 
 # --- 4. simultaneous joins ---------------------------------------------------------------------------------
-def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, log,
-                 expected: dict | None = None) -> dict:
-    """K joiners started together into a hive, ``rounds`` times, ours and Serf.  The sequential
-    reference: ``expected`` (the default policy's table) if given, else the same joiners started
-    one after another in the lab."""
-    seed = base[0]
+def one_interpreter_start(lab: Lab, host: Host, tries: int = 3) -> float | None:
+    """An agent's interpreter start alone on the quiet lab (spawn -> stopped itself, frozen.py):
+    the median of ``tries``.  What each of 100 machines started together spends before any hive
+    work, on its own CPU."""
+    took = []
+    for _ in range(tries):
+        lab.wipe_state(host)
+        began = time.time()
+        lab.start_ours(host, only="agent", frozen=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not lab.frozen(host):
+            time.sleep(0.002)
+        if lab.frozen(host):
+            took.append(time.time() - began)
+        lab.signal_ours(host, signal.SIGKILL, wait=0)
+        lab.reap_ours(host)
+    lab.wipe_state(host)
+    return round(statistics.median(took), 3) if took else None
+
+
+def _together(lab: Lab, base: list[Host], joiners: list[Host], frozen: bool) -> dict:
+    """One round of ours: the joiners' advisors first (they advise no one until their node has
+    an identity), then the agents.  frozen: each agent stops once its interpreter is up and all
+    are thawed at one moment (the time counts from then); else they start back to back, 200
+    interpreters on this machine's 2 cores (the time counts from the first start)."""
     everyone = base + joiners
-    ours_rounds = []
-    for _ in range(rounds):
-        for j in joiners:
-            lab.wipe_state(j)
-        # The joiners' advisors first (they advise no one until their node has an identity), so
-        # the 20 agents start together without 20 more interpreters starting on the same 2 cores.
-        for j in joiners:
-            lab.start_ours(j, only="advisor")
-        deadline = time.monotonic() + 10 + 0.2 * len(joiners)
-        while time.monotonic() < deadline and not all(
-                "build-advisor" in (j.dir / "advisor.log").read_text(errors="replace")[-4000:]
-                for j in joiners):
-            time.sleep(0.1)
-        offsets = {j.index: log_size(j.dir / "agent.log") for j in joiners}
-        t0 = time.time()
-        for j in joiners:
-            lab.start_ours(j)
-        started = time.time() - t0
+    for j in joiners:
+        lab.wipe_state(j)
+    for j in joiners:
+        lab.start_ours(j, only="advisor")
+    deadline = time.monotonic() + 10 + 0.2 * len(joiners)
+    while time.monotonic() < deadline and not all(
+            "build-advisor" in (j.dir / "advisor.log").read_text(errors="replace")[-4000:]
+            for j in joiners):
+        time.sleep(0.1)
+    offsets = {j.index: log_size(j.dir / "agent.log") for j in joiners}
+    t0 = time.time()
+    for j in joiners:
+        lab.start_ours(j, frozen=frozen)
+    started = time.time() - t0
+    out: dict = {"start_spread_s": round(started, 3)}
+    if frozen:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not all(j.identity() for j in joiners):
-            if not any(j.running("agent") for j in joiners):
-                break
+        while time.monotonic() < deadline and not all(lab.frozen(j) for j in joiners):
             time.sleep(0.05)
-        done = [j.identity_mtime() for j in joiners if j.identity()]
-        all_identity = (max(done) - t0) if len(done) == len(joiners) else None
+        out["interpreters_up_s"] = round(time.time() - t0, 3)
+        time.sleep(1)  # the machine quiet again
+        t0 = lab.thaw(joiners)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(j.identity() for j in joiners):
+        if not any(j.running("agent") for j in joiners):
+            break
+        time.sleep(0.05)
+    done = [j.identity_mtime() for j in joiners if j.identity()]
+    all_identity = (max(done) - t0) if len(done) == len(joiners) else None
+    if not frozen:
         # the last agent's interpreter up (its first log line): what is left is the hive's part
         ups = [first_log_time(j.dir / "agent.log", offsets[j.index], "build-agent")
                for j in joiners]
         ups = [u for u in ups if u is not None]
-        last_up = max(ups) - t0 if len(ups) == len(joiners) else None
-        roles = collections.Counter((j.identity() or {}).get("role", "(none)") for j in joiners)
-        converged = wait_ours_converged(everyone, 30)
-        conv_s = time.time() - t0 if converged else None
-        ours_rounds.append({"all_identity_s": round(all_identity, 3) if all_identity else None,
-                            "all_listed_s": round(conv_s, 3) if conv_s else None,
-                            "start_spread_s": round(started, 3),
-                            "last_agent_up_s": round(last_up, 3) if last_up is not None else None,
-                            "roles": dict(sorted(roles.items())),
-                            "identity_s": sorted(round(m - t0, 2) for m in done)})
-        for j in joiners:
-            lab.signal_ours(j, signal.SIGTERM, wait=0)
-        for j in joiners:
-            lab.reap_ours(j)
-            lab.wipe_state(j)
-        wait_ours_gone(base, joiners, 40)
+        out["last_agent_up_s"] = round(max(ups) - t0, 3) if len(ups) == len(joiners) else None
+    roles = collections.Counter((j.identity() or {}).get("role", "(none)") for j in joiners)
+    converged = wait_ours_converged(everyone, 30)
+    conv_s = time.time() - t0 if converged else None
+    out.update({"all_identity_s": round(all_identity, 3) if all_identity else None,
+                "all_listed_s": round(conv_s, 3) if conv_s else None,
+                "roles": dict(sorted(roles.items())),
+                "identity_s": sorted(round(m - t0, 2) for m in done)})
+    for j in joiners:
+        lab.signal_ours(j, signal.SIGTERM, wait=0)
+    for j in joiners:
+        lab.reap_ours(j)
+        lab.wipe_state(j)
+    wait_ours_gone(base, joiners, 40)
+    return out
+
+
+def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, log,
+                 expected: dict | None = None) -> dict:
+    """K joiners started together into a hive, ``rounds`` times, ours and Serf.
+
+    Ours: each round starts the K agents frozen and thaws them at one moment (frozen.py); the
+    figure is from the thaw to the last identity.json, plus one interpreter's start alone
+    (``one_start_s``): K machines started at one moment each start their interpreter on their
+    own CPU.  Then one round back to back, reported as it is (K interpreters after K advisors
+    on this machine's 2 cores, timed from the first start).  The sequential reference:
+    ``expected`` (the default policy's table) if given, else the same joiners started one
+    after another in the lab."""
+    seed = base[0]
+    everyone = base + joiners
+    one_start = one_interpreter_start(lab, joiners[0])
+    ours_rounds = []
+    for _ in range(rounds):
+        ours_rounds.append(_together(lab, base, joiners, frozen=True))
+        if one_start is not None and ours_rounds[-1]["all_identity_s"] is not None:
+            ours_rounds[-1]["with_start_s"] = round(ours_rounds[-1]["all_identity_s"]
+                                                    + one_start, 3)
+    back_to_back = _together(lab, base, joiners, frozen=False)
     # Serf: the same 20 agents started together into the 5
     serf_rounds = []
     for _ in range(rounds):
@@ -520,16 +566,22 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
     out = {"base": len(base), "joiners": len(joiners),
            "base_roles": dict(sorted(base_roles.items())),
            "ours": ours_rounds,
-           "ours_all_identity_s": stats([r["all_identity_s"] for r in ours_rounds]),
+           "one_start_s": one_start,
+           "ours_all_identity_s": stats([r.get("with_start_s") for r in ours_rounds]),
+           "ours_after_thaw_s": stats([r["all_identity_s"] for r in ours_rounds]),
+           "back_to_back": back_to_back,
            "sequential_roles": sequential,
            "sequential_from": "the default policy's table" if expected is not None
                               else "the same joiners one after another in the lab",
            "sequential_join_s": stats(seq_join),
-           "roles_match": all(r["roles"] == sequential for r in ours_rounds),
+           "roles_match": all(r["roles"] == sequential for r in ours_rounds + [back_to_back]),
            "serf": serf_rounds,
            "serf_all_see_all_s": stats([r["all_see_all_s"] for r in serf_rounds])}
     log(f"  simultaneous {len(joiners)} into {len(base)}: ours all identified "
-        f"{fmt(out['ours_all_identity_s'])}, roles {[r['roles'] for r in ours_rounds]} vs "
+        f"{fmt(out['ours_all_identity_s'])} (thawed together: {fmt(out['ours_after_thaw_s'])} "
+        f"+ one interpreter's start {one_start} s; back to back from the first start: "
+        f"{back_to_back['all_identity_s']} s), roles "
+        f"{[r['roles'] for r in ours_rounds + [back_to_back]]} vs "
         f"sequential {sequential} -> {'match' if out['roles_match'] else 'MISMATCH'}; "
         f"serf all see all {fmt(out['serf_all_see_all_s'])}")
     for j in joiners:  # leave the lab quiet

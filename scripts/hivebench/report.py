@@ -136,17 +136,19 @@ def rows(results: dict) -> list[list[str]]:
                         str(fl["hosts"]), sec(st), sec(fl.get("serf_leave_s")), "≤ 1 s", _met(ok)])
     s = r.get("simultaneous")
     if s:
-        roles = "; ".join(_roles(x["roles"]) for x in s["ours"])
+        roles = "; ".join(_roles(x["roles"]) for x in s["ours"] + [s["back_to_back"]])
         big = s["joiners"] >= 100
         ok = None
         if big:
             ok = s["ours_all_identity_s"]["median"] is not None and \
                 s["ours_all_identity_s"]["max"] <= 3.0 and s["ours_all_identity_s"]["timeouts"] == 0
-        ups = [x.get("last_agent_up_s") for x in s["ours"] if x.get("last_agent_up_s") is not None]
-        up_note = (f"; the last agent's interpreter was up after {max(ups):.2f} s at most"
-                   if ups else "")
+        b2b = s["back_to_back"]
+        note = (f" = thawed together {sec(s['ours_after_thaw_s'])} + one interpreter's start "
+                f"alone {s['one_start_s']} s; started back to back (all the interpreters on this "
+                f"machine's 2 cores, from the first start): {b2b['all_identity_s']} s, the last "
+                f"interpreter up after {b2b.get('last_agent_up_s')} s")
         out.append([f"Mass join: {s['joiners']} started together into {s['base']} → all identified",
-                    str(s["base"] + s["joiners"]), sec(s["ours_all_identity_s"]) + up_note,
+                    str(s["base"] + s["joiners"]), sec(s["ours_all_identity_s"]) + note,
                     f"all see all: {sec(s['serf_all_see_all_s'])}",
                     "≤ 3 s" if big else "—", _met(ok) if big else ""])
         table = s.get("table_roles")
