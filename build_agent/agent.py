@@ -770,11 +770,16 @@ class Agent(Service):
 
     def peers_gap(self) -> float:
         """The least time between two rewrites of peers.json (timing.PEERS_WRITE_GAP_*): in
-        proportion to the members and joining nodes it lists; while this node joins, its advisor
-        advises nobody and the file is for the user alone: PEERS_WRITE_GAP_JOINING."""
-        listed = len(self.membership.members) + len(self.membership.joiners)
-        gap = min(timing.PEERS_WRITE_GAP_MAX, timing.PEERS_WRITE_GAP_PER_MEMBER * listed)
-        return gap if self.identity is not None else max(gap, timing.PEERS_WRITE_GAP_JOINING)
+        proportion to the members and joining nodes it lists; PEERS_WRITE_GAP_JOINING while
+        this node joins (its advisor advises nobody: the file is for the user alone) or a crowd
+        does (JOINING_KEEPALIVE_PEERS or more: the file changes at every one that settles).
+        A request this node's advisor must answer is written at once all the same."""
+        joiners = len(self.membership.joiners)
+        gap = min(timing.PEERS_WRITE_GAP_MAX,
+                  timing.PEERS_WRITE_GAP_PER_MEMBER * (len(self.membership.members) + joiners))
+        if self.identity is None or joiners >= timing.JOINING_KEEPALIVE_PEERS:
+            return max(gap, timing.PEERS_WRITE_GAP_JOINING)
+        return gap
 
     def _write_peers(self, now: float) -> None:
         wall = self.clock()

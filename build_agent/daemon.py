@@ -305,7 +305,9 @@ def run(service: Service, sockets: Sequence[socket.socket], ready: Sequence[str]
                     busy = True
                     continue
                 read, rejected, ignored, quiet = _drain(service, key.data)
-                service.behind = service.behind or read >= service.max_batch
+                # (a batch of nothing but datagrams to drop is a flood, not news queued)
+                service.behind = service.behind or (read >= service.max_batch
+                                                    and rejected + ignored < read)
                 if rejected + ignored + quiet < read or not read:
                     busy = True
                 elif rejected:

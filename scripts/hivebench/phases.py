@@ -486,12 +486,20 @@ def _together(lab: Lab, base: list[Host], joiners: list[Host], frozen: bool) -> 
         out["interpreters_up_s"] = round(time.time() - t0, 3)
         time.sleep(1)  # the machine quiet again
         t0 = lab.thaw(joiners)
+    # When each identity.json was first written (the agent rewrites it moments later, once
+    # its packages and role hooks are settled: the last mtime would count those too).
+    first: dict[int, float] = {}
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all(j.identity() for j in joiners):
+    while time.monotonic() < deadline and len(first) < len(joiners):
+        for j in joiners:
+            if j.index not in first:
+                mtime = j.identity_mtime()
+                if mtime is not None:
+                    first[j.index] = mtime
         if not any(j.running("agent") for j in joiners):
             break
-        time.sleep(0.05)
-    done = [j.identity_mtime() for j in joiners if j.identity()]
+        time.sleep(0.02)
+    done = [first[j.index] for j in joiners if j.index in first and j.identity()]
     all_identity = (max(done) - t0) if len(done) == len(joiners) else None
     if not frozen:
         # the last agent's interpreter up (its first log line): what is left is the hive's part

@@ -115,7 +115,16 @@ def main() -> None:
                   f"advisors {(cpu(new, 'advisor') - d0) / 5:.2f} s/s", flush=True)
             t0 = time.time()
             release.touch()
-        wait(lambda: all(lab.identity(i) for i in new), 120)
+        first: dict[int, float] = {}  # identity.json's first write (it is rewritten moments
+        deadline = time.time() + 120  # later, once packages and role hooks are settled)
+        while len(first) < len(new) and time.time() < deadline:
+            for i in new:
+                if i not in first:
+                    try:
+                        first[i] = (lab.host_dir(i) / "state" / "identity.json").stat().st_mtime
+                    except FileNotFoundError:
+                        pass
+            time.sleep(0.02)
         got = [i for i in new if lab.identity(i)]
         if frozen:
             c1 = {k: cpu(everyone, k) - c0[k] for k in c0}
@@ -130,8 +139,7 @@ def main() -> None:
             print("CPU from the thaw until all identified: " + ", ".join(
                 f"{k}s {c1[k]:.2f} s" for k in c0) +
                 f", joiners' agents {cpu(new, 'agent'):.2f} s (with their start)", flush=True)
-        times = sorted((lab.host_dir(i) / "state" / "identity.json").stat().st_mtime - t0
-                       for i in got)
+        times = sorted(first[i] - t0 for i in got if i in first)
         since = ("the release" if hold else "the thaw" if frozen
                  else "the first agent's start")
         print(f"{len(got)}/{joiners} identified; the last {times[-1]:.2f} s after {since} "
