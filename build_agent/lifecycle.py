@@ -449,12 +449,15 @@ class Lifecycle:
         return Send("IDENTIFY", {**fields, "batch": batch} if batch else fields)
 
     def _majority_of_asked(self) -> bool:
-        """When only some members were asked (``advisors``: ours, or our round's): more than
-        half of them agreeing on a role decides it (no later answer can change the winner), so
-        the slowest of 16 busy advisors does not set the join time.  A hive of up to 16 still
-        waits for every advisor."""
-        asked = len(self.asked) if self.round_head is None else \
-            (len(self.round_advisors) if self.round_subset else 0)
+        """When only some members were asked (``advisors``: ours, or our round's), or in a
+        batched round: more than half of the advisors agreeing on a role decides it (no later
+        answer can change the winner), so the slowest of 16 busy advisors, or of the advisors
+        answering 100 joiners in turn, does not set the join time.  A lone joiner in a hive of
+        up to 16 still waits for every advisor."""
+        if self.round_head is None:
+            asked = len(self.asked) or (self.expected_advisors if self.batch else 0)
+        else:
+            asked = len(self.round_advisors)
         if not asked or not self.advice:
             return False
         votes = collections.Counter(a.role for a in self.advice.values())

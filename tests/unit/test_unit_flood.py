@@ -283,3 +283,28 @@ def test_unicast_is_read_before_a_flooded_broadcast_socket(udp_pair):
     daemon.run(probe, [Listener(flooded, "broadcast", lambda channel: None),
                        Listener(unicast, "unicast", lambda channel: None)])
     assert probe.handled == ["peer-2", "peer-1"]
+
+
+def test_what_came_to_this_node_alone_is_acted_on_before_the_broadcast_backlog(udp_pair):
+    """A reply read from the unicast socket gets its tick before the broadcast socket is read
+    (a joiner's advice behind 100 others' broadcasts), with ``behind`` set: the rest is still
+    queued."""
+    (flooded, unicast), sender = udp_pair
+    now = time.time()
+    for n in range(1, 41):
+        sender.sendto(protocol.encode(_status(n, now=now), SECRET), flooded.getsockname())
+    sender.sendto(protocol.encode(_status(99, now=now), SECRET), unicast.getsockname())
+    seen: list[tuple[list[str], bool]] = []
+
+    class Recorder(LoopProbe):
+        def tick(self, now):
+            seen.append((list(self.handled), self.behind))
+            return super().tick(now)
+
+    probe = Recorder(period=0.5)
+    daemon.run(probe, [Listener(flooded, "broadcast", lambda channel: None),
+                       Listener(unicast, "unicast", lambda channel: None)])
+    assert seen[0] == ([], False)  # the first tick, before anything came
+    assert (["peer-99"], True) in seen  # the reply alone, the broadcasts still queued
+    assert len(probe.handled) == 41
+
