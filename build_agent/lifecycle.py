@@ -449,15 +449,17 @@ class Lifecycle:
         return Send("IDENTIFY", {**fields, "batch": batch} if batch else fields)
 
     def _majority_of_asked(self) -> bool:
-        """When only some members were asked (``advisors``: ours, or our round's), or in a
-        batched round: more than half of the advisors agreeing on a role decides it (no later
-        answer can change the winner), so the slowest of 16 busy advisors, or of the advisors
-        answering 100 joiners in turn, does not set the join time.  A lone joiner in a hive of
-        up to 16 still waits for every advisor."""
+        """When only some members were asked (``advisors``: ours, or our round's), or in the
+        batched round of a crowd (JOINING_KEEPALIVE_PEERS joining together): more than half of
+        the advisors agreeing on a role decides it (no later answer can change the winner), so
+        the slowest of 16 busy advisors, or of the advisors answering 100 joiners in turn, does
+        not set the join time.  Otherwise (a hive of up to 16) every advisor is waited for, and
+        ``assigned_by`` names them all."""
+        crowd = len(self.round_members) >= timing.JOINING_KEEPALIVE_PEERS
         if self.round_head is None:
-            asked = len(self.asked) or (self.expected_advisors if self.batch else 0)
+            asked = len(self.asked) or (self.expected_advisors if crowd else 0)
         else:
-            asked = len(self.round_advisors)
+            asked = len(self.round_advisors) if self.round_subset or crowd else 0
         if not asked or not self.advice:
             return False
         votes = collections.Counter(a.role for a in self.advice.values())

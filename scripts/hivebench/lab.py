@@ -208,7 +208,7 @@ class Lab:
     def start_ours(self, host: Host, only: str | None = None, frozen: bool = False
                    ) -> float | None:
         """Start build-advisor then build-agent on host (or only one of them); returns the
-        agent's start time.  frozen: the agent stops itself once its interpreter is up (see
+        agent's start time.  frozen: the agent stops itself once it is started (see
         frozen.py; thaw() starts it)."""
         if not self.compiled:  # compiled code, as on an installed node (see hive-lab)
             subprocess.run([self.python, "-m", "compileall", "-q", str(REPO / "build_agent"),
@@ -227,7 +227,7 @@ class Lab:
 
     @staticmethod
     def frozen(host: Host) -> bool:
-        """Whether host's agent (started frozen) has stopped itself: its interpreter is up."""
+        """Whether host's agent (started frozen) has stopped itself: it is started."""
         pid = host.pid("agent")
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()

@@ -438,10 +438,10 @@ def wire_cost(lab: Lab, seconds: float, log) -> dict:
 
 
 # --- 4. simultaneous joins ---------------------------------------------------------------------------------
-def one_interpreter_start(lab: Lab, host: Host, tries: int = 3) -> float | None:
-    """An agent's interpreter start alone on the quiet lab (spawn -> stopped itself, frozen.py):
-    the median of ``tries``.  What each of 100 machines started together spends before any hive
-    work, on its own CPU."""
+def one_daemon_start(lab: Lab, host: Host, tries: int = 3) -> float | None:
+    """An agent's start alone on the quiet lab (spawn -> started, about to say HELLO: stopped
+    itself, frozen.py): the median of ``tries``.  What each of 100 machines started together
+    spends before any hive work, on its own CPU."""
     took = []
     for _ in range(tries):
         lab.wipe_state(host)
@@ -460,9 +460,9 @@ def one_interpreter_start(lab: Lab, host: Host, tries: int = 3) -> float | None:
 
 def _together(lab: Lab, base: list[Host], joiners: list[Host], frozen: bool) -> dict:
     """One round of ours: the joiners' advisors first (they advise no one until their node has
-    an identity), then the agents.  frozen: each agent stops once its interpreter is up and all
-    are thawed at one moment (the time counts from then); else they start back to back, 200
-    interpreters on this machine's 2 cores (the time counts from the first start)."""
+    an identity), then the agents.  frozen: each agent stops once it is started (about to say
+    HELLO) and all are thawed at one moment (the time counts from then); else they start back
+    to back, 200 daemons on this machine's 2 cores (the time counts from the first start)."""
     everyone = base + joiners
     for j in joiners:
         lab.wipe_state(j)
@@ -483,7 +483,7 @@ def _together(lab: Lab, base: list[Host], joiners: list[Host], frozen: bool) -> 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(lab.frozen(j) for j in joiners):
             time.sleep(0.05)
-        out["interpreters_up_s"] = round(time.time() - t0, 3)
+        out["started_s"] = round(time.time() - t0, 3)  # all started (frozen)
         time.sleep(1)  # the machine quiet again
         t0 = lab.thaw(joiners)
     # When each identity.json was first written (the agent rewrites it moments later, once
@@ -528,15 +528,15 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
     """K joiners started together into a hive, ``rounds`` times, ours and Serf.
 
     Ours: each round starts the K agents frozen and thaws them at one moment (frozen.py); the
-    figure is from the thaw to the last identity.json, plus one interpreter's start alone
-    (``one_start_s``): K machines started at one moment each start their interpreter on their
-    own CPU.  Then one round back to back, reported as it is (K interpreters after K advisors
+    figure is from the thaw to the last identity.json, plus one agent's start alone
+    (``one_start_s``): K machines started at one moment each start their daemon on their own
+    CPU.  Then one round back to back, reported as it is (K agents after K advisors
     on this machine's 2 cores, timed from the first start).  The sequential reference:
     ``expected`` (the default policy's table) if given, else the same joiners started one
     after another in the lab."""
     seed = base[0]
     everyone = base + joiners
-    one_start = one_interpreter_start(lab, joiners[0])
+    one_start = one_daemon_start(lab, joiners[0])
     ours_rounds = []
     for _ in range(rounds):
         ours_rounds.append(_together(lab, base, joiners, frozen=True))
@@ -587,7 +587,7 @@ def simultaneous(lab: Lab, base: list[Host], joiners: list[Host], rounds: int, l
            "serf_all_see_all_s": stats([r["all_see_all_s"] for r in serf_rounds])}
     log(f"  simultaneous {len(joiners)} into {len(base)}: ours all identified "
         f"{fmt(out['ours_all_identity_s'])} (thawed together: {fmt(out['ours_after_thaw_s'])} "
-        f"+ one interpreter's start {one_start} s; back to back from the first start: "
+        f"+ one agent's start alone {one_start} s; back to back from the first start: "
         f"{back_to_back['all_identity_s']} s), roles "
         f"{[r['roles'] for r in ours_rounds + [back_to_back]]} vs "
         f"sequential {sequential} -> {'match' if out['roles_match'] else 'MISMATCH'}; "

@@ -143,10 +143,11 @@ def rows(results: dict) -> list[list[str]]:
             ok = s["ours_all_identity_s"]["median"] is not None and \
                 s["ours_all_identity_s"]["max"] <= 3.0 and s["ours_all_identity_s"]["timeouts"] == 0
         b2b = s["back_to_back"]
-        note = (f" = thawed together {sec(s['ours_after_thaw_s'])} + one interpreter's start "
-                f"alone {s['one_start_s']} s; started back to back (all the interpreters on this "
-                f"machine's 2 cores, from the first start): {b2b['all_identity_s']} s, the last "
-                f"interpreter up after {b2b.get('last_agent_up_s')} s")
+        note = (f" = started, stopped, then let go together: {sec(s['ours_after_thaw_s'])} + "
+                f"one agent's start alone {s['one_start_s']} s; started back to back (all the "
+                f"daemons on this machine's 2 cores, from the first start): "
+                f"{b2b['all_identity_s']} s, the last agent up after "
+                f"{b2b.get('last_agent_up_s')} s")
         out.append([f"Mass join: {s['joiners']} started together into {s['base']} → all identified",
                     str(s["base"] + s["joiners"]), sec(s["ours_all_identity_s"]) + note,
                     f"all see all: {sec(s['serf_all_see_all_s'])}",

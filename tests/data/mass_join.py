@@ -1,6 +1,6 @@
 """Measure a mass join by hand (not a test): N joiners started together into a live hive of B.
 
-    sudo python3 tests/data/mass_join.py B N [--hold] [--policy FILE] [--keep-logs DIR]
+    sudo python3 tests/data/mass_join.py B N [--hold | --frozen] [--policy FILE] [--keep-logs DIR]
 
 Builds a hive-lab lab 'mj' on 10.77.249.0/24 (B hosts joined one after another, N more), starts
 the joiners' advisors first, then the N agents back to back (as scripts/hive-bench does), and
@@ -9,7 +9,10 @@ after the last agent was up ('Looking for hive peers' in its log); the role coun
 rounds of their own vs joiners advised in another's round.  --hold: a queue holder
 (tests/data/queue_holder.py) holds every joiner in the queue until all N are up, then lets them
 go: the time is then from that release (the protocol's share, without interpreter start-up),
-and the daemons' CPU while the N joiners wait is printed.  Bounded (120 s per wait); the lab is
+and the daemons' CPU while the N joiners wait is printed.  --frozen: each agent stops itself
+once started (scripts/hivebench/frozen.py, as the bench's mass phase does) and all are let go at
+one moment: the time is from then; it prints the CPU used, and the hive's own agents' time on a
+CPU and waiting for one.  Bounded (120 s per wait); the lab is
 removed at the end, on error and on Ctrl-C.
 """
 
@@ -93,7 +96,8 @@ def main() -> None:
             def state(pid: int) -> str:
                 return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             ok = wait(lambda: all(state(p) == "T" for p in pids), 120)
-            print(f"all frozen: {ok}, {time.time() - t0:.1f} s after the first spawn", flush=True)
+            print(f"all started (frozen): {ok}, {time.time() - t0:.1f} s after the first spawn",
+                  flush=True)
             time.sleep(2)
             everyone = list(range(1, base + 1)) + new
             c0 = {k: cpu(everyone, k) for k in ("agent", "advisor")}

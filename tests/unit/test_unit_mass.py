@@ -495,21 +495,30 @@ def test_a_joiner_rewrites_peers_json_at_most_once_a_second(make_agent, clock):
 
 
 def test_a_follower_decides_once_most_of_its_rounds_advisors_agree(make_agent, clock, fake_sock):
-    """The advisors answer a batch in turn (100 joiners: the slowest finished 0.5 s after the
-    others): more than half of them agreeing fixes the role, whatever the rest say."""
-    agent = make_agent()
-    clock.now = T0
-    agent.start(T0)
-    step(agent, clock, T0)
-    members = [("aaaa-1", "build1", "10.9.0.11"), ("aaaa-3", "build3", "10.9.0.13"),
-               ("aaaa-4", "build4", "10.9.0.14")]
-    for node_id, host, ip in members:
-        deliver(agent, "WELCOME", node_id, host, ip, T0 + 0.01, to=ME, role="builder",
-                members=3)
-    follow_build2(agent, clock)
-    for node_id, host, ip in members[:2]:
-        deliver(agent, "ADVICE", node_id, host, ip, T0 + 0.3, to=ME, suggested_role="runner",
-                packages=[], config={}, reason="runners", request_id=ROUND, batch_of="bbbb-2")
-    step(agent, clock, T0 + 0.3 + EPS)
-    assert agent.role == "runner"
-    assert state.read_identity(agent.config.identity_path)["assigned_by"] == ["build1", "build3"]
+    """In a crowd's round (JOINING_KEEPALIVE_PEERS joining together) the advisors answer the
+    batch in turn (100 joiners: the slowest finished 0.5 s after the others): more than half of
+    them agreeing fixes the role, whatever the rest say.  A smaller round waits for them all."""
+    for crowd in (False, True):  # (the crowd last: its identity.json stays)
+        fake_sock.clear()
+        agent = make_agent()
+        clock.now = T0
+        agent.start(T0)
+        step(agent, clock, T0)
+        members = [("aaaa-1", "build1", "10.9.0.11"), ("aaaa-3", "build3", "10.9.0.13"),
+                   ("aaaa-4", "build4", "10.9.0.14")]
+        for node_id, host, ip in members:
+            deliver(agent, "WELCOME", node_id, host, ip, T0 + 0.01, to=ME, role="builder",
+                    members=3)
+        others = timing.JOINING_KEEPALIVE_PEERS - 1 if crowd else 1
+        follow_build2(agent, clock, batch=(ME, *[f"zzzz-{k:02d}" for k in range(others)]))
+        for node_id, host, ip in members[:2]:
+            deliver(agent, "ADVICE", node_id, host, ip, T0 + 0.3, to=ME,
+                    suggested_role="runner", packages=[], config={}, reason="runners",
+                    request_id=ROUND, batch_of="bbbb-2")
+        step(agent, clock, T0 + 0.3 + EPS)
+        if crowd:
+            assert agent.role == "runner"
+            assigned = state.read_identity(agent.config.identity_path)["assigned_by"]
+            assert assigned == ["build1", "build3"]
+        else:
+            assert agent.identity is None and agent.phase == "ask"
