@@ -341,7 +341,7 @@ class Lifecycle:
         known = len(self.membership.established())
         heard_all = known > 0 and known >= self.max_members_reported
         if elapsed >= timing.DISCOVERY_MAX or (elapsed >= timing.DISCOVERY_MIN and heard_all):
-            if self.behind and elapsed < timing.DISCOVERY_MAX + timing.BEHIND_WAIT_MAX:
+            if self._wait_for_queue(self.phase_start + timing.DISCOVERY_MAX, now):
                 # Datagrams still queued may be HELLOs of nodes joining with us (100 started
                 # together: the first of them asked for 63 of the 99 behind it, the rest
                 # needed a second round): read them before taking our turn.
